@@ -1,0 +1,56 @@
+"""Discover directory shards and register them as ``image_shards`` partitions."""
+
+
+import itertools
+from pathlib import Path
+
+import dagster as dg
+
+from assemblage_assets.partitions import IMAGE_SHARDS
+from assemblage_assets.shards import Shard, discover_shards
+from resources.image_library import ImageLibraryResource
+
+MAX_KEYS_PER_REQUEST = 1000  # large single adds are slow on instance storage
+MAX_RUNS_PER_TICK = 100
+
+
+def unregistered_shards(instance: dg.DagsterInstance, images_dir: Path) -> list[Shard]:
+    """Shards on disk that are not yet partitions, in a stable order; fails on key collisions."""
+    known = set(instance.get_dynamic_partitions(IMAGE_SHARDS))
+    found: dict[str, Shard] = {}
+    for shard in discover_shards(images_dir):
+        if shard.key in found:
+            raise ValueError(f"folders {found[shard.key].path} and {shard.path} map to the same shard key {shard.key!r}")
+        found[shard.key] = shard
+    return [found[k] for k in sorted(found) if k not in known]
+
+
+def register_shards(instance: dg.DagsterInstance, images_dir: Path) -> list[str]:
+    """Add every unregistered shard as a partition; returns the keys added."""
+    keys = [s.key for s in unregistered_shards(instance, images_dir)]
+    for start in range(0, len(keys), MAX_KEYS_PER_REQUEST):
+        instance.add_dynamic_partitions(IMAGE_SHARDS, keys[start : start + MAX_KEYS_PER_REQUEST])
+    return keys
+
+
+@dg.sensor(
+    name="image_shards_sensor",
+    job_name="ingest_shard_job",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+)
+def image_shards_sensor(context: dg.SensorEvaluationContext, library: ImageLibraryResource) -> dg.SensorResult | dg.SkipReason:
+    """Adds a partition for each new folder of IMAGES_DIR and requests its ingest run."""
+    if not library.root.is_dir():
+        return dg.SkipReason(f"images directory {library.root} does not exist")
+    new = [s.key for s in unregistered_shards(context.instance, library.root)][: MAX_RUNS_PER_TICK]
+    if not new:
+        return dg.SkipReason("no new shards")
+    requests = [
+        dg.AddDynamicPartitionsRequest(partitions_def_name=IMAGE_SHARDS, partition_keys=list(chunk))
+        for chunk in itertools.batched(new, MAX_KEYS_PER_REQUEST)
+    ]
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=key, run_key=f"discover:{key}") for key in new],
+        dynamic_partitions_requests=requests,
+    )

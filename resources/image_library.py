@@ -1,0 +1,47 @@
+"""Where the source images are and how their derivatives are made."""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from assemblage_assets import settings
+from assemblage_assets.derive import DerivativeSpec
+
+
+class ImageLibraryResource(dg.ConfigurableResource):
+    """Source tree, derivative cache and the knobs of validation and derivation."""
+
+    images_dir: str
+    derivative_cache_dir: str
+    max_image_pixels: int = settings.DEFAULT_MAX_IMAGE_PIXELS
+    watermark_text: str = settings.DEFAULT_WATERMARK_TEXT
+    watermark_image: str = ""
+    derive_workers: int = 0  # 0: one per core
+
+    @classmethod
+    def from_env(cls) -> "ImageLibraryResource":
+        paths = settings.Paths.from_env()
+        return cls(
+            images_dir=str(settings.images_dir()),
+            derivative_cache_dir=str(paths.derivative_cache),
+            max_image_pixels=settings.env_int("MAX_IMAGE_PIXELS", settings.DEFAULT_MAX_IMAGE_PIXELS),
+            watermark_text=settings.env_str("WATERMARK_TEXT", settings.DEFAULT_WATERMARK_TEXT),
+            watermark_image=settings.env_str("WATERMARK_IMAGE"),
+            derive_workers=settings.env_int("DERIVE_WORKERS", 0),
+        )
+
+    @property
+    def root(self) -> Path:
+        return Path(self.images_dir)
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.derivative_cache_dir)
+
+    def derivative_spec(self) -> DerivativeSpec:
+        return DerivativeSpec(
+            watermark_text=self.watermark_text,
+            watermark_image=self.watermark_image,
+            max_pixels=self.max_image_pixels,
+        )

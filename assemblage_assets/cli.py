@@ -51,7 +51,16 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 def cmd_shards(args: argparse.Namespace) -> int:
     from assemblage_assets.shards import discover_shards
 
-    for shard in sorted(discover_shards(Path(args.images_dir)), key=lambda s: s.key):
+    images_dir = Path(args.images_dir).resolve()
+    if args.register:
+        import dagster as dg
+
+        from assemblage_assets.shard_sensor import register_shards
+
+        settings.ensure_dagster_home()
+        added = register_shards(dg.DagsterInstance.get(), images_dir)
+        print(f"registered {len(added)} new shard partition(s)", file=sys.stderr)
+    for shard in sorted(discover_shards(images_dir), key=lambda s: s.key):
         print(f"{shard.key}\t{shard.display_name}")
     return 0
 
@@ -147,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shards", help="list the directory shards of IMAGES_DIR with their partition keys")
     p.add_argument("--images-dir", default=default_images)
+    p.add_argument("--register", action="store_true", help="also add missing shards as Dagster partitions")
     p.set_defaults(func=cmd_shards)
 
     p = sub.add_parser("ingest", help="scan and derive shards through Dagster (raw_files + derivatives)")

@@ -1,0 +1,42 @@
+# Assemblage developer entry points. `make run` and `make test` are the two commands a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export ASSEMBLAGE_HOME ?= $(CURDIR)/.assemblage
+export DAGSTER_HOME ?= $(ASSEMBLAGE_HOME)/dagster
+
+.PHONY: install run test ui status stop clean lint
+
+# Reinstall only when the dependency list or the constraints change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## ingest the sample tree (generated if empty) through Dagster and print a summary
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/assemblage demo
+
+test: install  ## the whole test suite against the embedded Postgres
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+ui: install  ## Dagster UI on http://127.0.0.1:3000 for the same code location and instance
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+status: install
+	$(BIN)/assemblage status
+
+stop:  ## stop the embedded Postgres server
+	$(BIN)/assemblage db stop
+
+lint: install
+	$(BIN)/ruff check assemblage_assets resources schedules tests benchmarks
+
+clean: stop
+	rm -rf $(ASSEMBLAGE_HOME)

@@ -1,0 +1,64 @@
+"""Shared fixtures: a real embedded PostgreSQL (pgserver) per test session, a fresh database
+per test, and an isolated ASSEMBLAGE_HOME. Nothing here mocks the database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from assemblage_assets import db
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CORPUS_DIR = REPO_ROOT.parent / "shared" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of an embedded PostgreSQL 16 + pgvector server for the whole session."""
+    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
+    dsn = db.start_embedded(pgdata)
+    yield dsn
+    db.stop_embedded(pgdata)
+
+
+@pytest.fixture
+def pg_dsn(pg_server: str) -> Iterator[str]:
+    """A fresh, migrated database on the session server, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(pg_server, dbname=name)
+    db.migrate(dsn)
+    yield dsn
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def assemblage_env(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment of an isolated project state folder pointing at the test database."""
+    home = tmp_path / "state"
+    env = {
+        "ASSEMBLAGE_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "IMAGES_DIR": str(tmp_path / "images"),
+        "DATABASE_URL": pg_dsn,
+    }
+    (home / "dagster").mkdir(parents=True)
+    (tmp_path / "images").mkdir()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SUPABASE_DB_URL", raising=False)
+    return env
+
+
+@pytest.fixture
+def corpus_dir() -> Path:
+    if not CORPUS_DIR.is_dir():
+        pytest.skip("../shared/corpus not present (the shared test corpus lives beside the project)")
+    return CORPUS_DIR

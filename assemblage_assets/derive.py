@@ -112,6 +112,8 @@ def _decode_upright(source: str, long_edge: int) -> tuple[Image.Image, int]:
         frame_count = _frame_count(img)
         if frame_count > 1:
             img.seek(0)  # animations and multi-page files: the first frame stands for the image
+        # Before load(): for PNG this reads the trailing chunks, and a damaged trailing chunk
+        # (pixels intact) then costs us the EXIF only, not the image.
         orientation = _orientation(img)
         if img.format in ("JPEG", "MPO"):
             # DCT-domain downscale: decode at 1/2, 1/4 or 1/8 while staying >= the preview size.
@@ -119,6 +121,8 @@ def _decode_upright(source: str, long_edge: int) -> tuple[Image.Image, int]:
             if scale >= 2:
                 img.draft(None, (int(img.width / scale), int(img.height / scale)))
         img.load()
+        if img.format == "TIFF":
+            orientation = _orientation(img)  # Pillow's TIFF decoder applies it itself and drops the tag
         rgb = to_display_mode(img)
     fix = _ORIENTATION_FIX.get(orientation)
     if fix is not None:

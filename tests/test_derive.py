@@ -1,0 +1,90 @@
+"""Derivation of odd modes, watermarks and palettes, checked on pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageChops
+
+from assemblage_assets.derive import DerivativeSpec, derive_image, dominant_colours, to_display_mode
+from assemblage_assets.sample_data import make_photo
+
+
+def derive(tmp_path: Path, img: Image.Image, fmt: str, spec: DerivativeSpec = DerivativeSpec(), **save) -> tuple:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    src = tmp_path / f"src.{fmt.lower()}"
+    img.save(src, fmt, **save)
+    result = derive_image(str(src), "img", tmp_path / "cache", spec)
+    assert result.ok, result.error_message
+    return result, Image.open(tmp_path / "cache/thumbnail/img.webp"), Image.open(tmp_path / "cache/watermarked/img.jpg")
+
+
+def test_sixteen_bit_grey_keeps_its_tones(tmp_path: Path) -> None:
+    ramp = np.tile(np.linspace(0, 65535, 256, dtype=np.uint16), (64, 1))
+    result, thumb, preview = derive(tmp_path, Image.fromarray(ramp), "PNG")
+    grey = np.asarray(preview.convert("L"), dtype=float)
+    assert grey[:, :10].mean() < 60 and grey[:, -10:].mean() > 190  # a ramp, not clipped to white
+
+
+def test_cmyk_and_palette_transparency_and_la(tmp_path: Path) -> None:
+    cmyk = Image.new("CMYK", (400, 300), (0, 255, 255, 0))  # pure red in CMYK
+    _, thumb, preview = derive(tmp_path, cmyk, "JPEG")
+    r, g, b = preview.getpixel((5, 5))
+    assert r > 200 and g < 80 and b < 80
+
+    pal = Image.new("P", (64, 64), 0)
+    pal.putpalette([0, 0, 255] + [0, 255, 0] * 255)
+    pal.paste(1, (32, 0, 64, 64))
+    result, thumb, preview = derive(tmp_path, pal, "PNG", transparency=0)
+    assert thumb.mode == "RGBA" and thumb.getpixel((5, 5))[3] == 0  # transparent half stays transparent
+    assert preview.getpixel((5, 5))[0] > 200  # flattened on white for the JPEG preview
+    assert [c["hex"] for c in result.palette] == ["#00ff00"]  # transparent pixels are not a colour
+
+    alpha = Image.new("L", (50, 50), 255)
+    alpha.paste(0, (0, 0, 25, 50))
+    la = Image.merge("LA", (Image.new("L", (50, 50), 40), alpha))
+    _, thumb, _ = derive(tmp_path, la, "PNG")
+    assert thumb.mode == "RGBA" and thumb.getpixel((5, 5))[3] == 0 and thumb.getpixel((45, 5))[3] == 255
+
+
+def test_animated_images_use_the_first_frame_and_count_frames(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (120, 80), colour) for colour in ("blue", "red", "green")]
+    src = tmp_path / "anim.webp"
+    frames[0].save(src, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    result = derive_image(str(src), "a", tmp_path / "cache", DerivativeSpec(watermark_text=""))
+    assert result.ok and result.frame_count == 3
+    r, g, b = Image.open(tmp_path / "cache/watermarked/a.jpg").getpixel((60, 40))
+    assert b > 200 and r < 50
+
+
+def test_watermark_text_and_image(tmp_path: Path) -> None:
+    photo = make_photo(1600, 1200, seed=3)
+    plain = derive(tmp_path / "plain", photo, "JPEG", DerivativeSpec(watermark_text=""))[2]
+    text = derive(tmp_path / "text", photo, "JPEG", DerivativeSpec(watermark_text="© Assemblage"))[2]
+    logo_path = tmp_path / "logo.png"
+    logo = Image.new("RGBA", (200, 80), (255, 0, 0, 255))
+    logo.save(logo_path)
+    logo_marked = derive(tmp_path / "logo", photo, "JPEG", DerivativeSpec(watermark_image=str(logo_path)))[2]
+    assert plain.size == text.size == logo_marked.size == (1200, 900)
+    diff = np.asarray(ImageChops.difference(plain, text).convert("L"), dtype=float)
+    marked = diff > 12
+    assert 0.02 < marked.mean() < 0.5  # tiled across the image, not covering it
+    assert diff[marked].mean() < 80  # semi-transparent: the photo still shows through
+    # the red logo tints the preview red where tiled
+    red_gain = np.asarray(logo_marked, dtype=float)[..., 0] - np.asarray(plain, dtype=float)[..., 0]
+    assert (red_gain > 30).mean() > 0.05
+
+
+def test_dominant_colours_shares() -> None:
+    img = Image.new("RGB", (100, 100), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 100, 25))
+    palette = dominant_colours(img)
+    assert palette[0] == {"hex": "#ff0000", "share": 0.75}
+    assert palette[1] == {"hex": "#0000ff", "share": 0.25}
+
+
+def test_display_mode_covers_every_mode() -> None:
+    for mode in ("1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F", "I;16", "LA", "PA"):
+        out = to_display_mode(Image.new(mode, (4, 4)))
+        assert out.mode in ("RGB", "RGBA"), mode

@@ -17,10 +17,14 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-images_defs = dg.Definitions(
-    assets=[raw_files, derivatives],
-    jobs=[ingest_shard_job],
-    sensors=[image_shards_sensor],
-)
+def images_defs() -> dg.Definitions:
+    """Scan and derive: the spine of every shard."""
+    return dg.Definitions(
+        assets=[raw_files, derivatives],
+        jobs=[ingest_shard_job],
+        sensors=[image_shards_sensor],
+    )
 
-defs = dg.Definitions.merge(images_defs, dg.Definitions(resources=build_resources()))
+
+# Only one Definitions object may live at module scope: per-area ones are built by functions.
+defs = dg.Definitions.merge(images_defs(), dg.Definitions(resources=build_resources()))

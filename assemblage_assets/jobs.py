@@ -3,11 +3,9 @@
 import dagster as dg
 
 from assemblage_assets.image_assets import derivatives, raw_files
-from assemblage_assets.partitions import image_shards_partitions_def
 
 ingest_shard_job = dg.define_asset_job(
     name="ingest_shard_job",
     selection=dg.AssetSelection.assets(raw_files, derivatives),
-    partitions_def=image_shards_partitions_def,
     description="Scan a directory shard and derive its thumbnails, previews and palettes.",
 )

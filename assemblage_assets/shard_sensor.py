@@ -1,7 +1,6 @@
 """Discover directory shards and register them as ``image_shards`` partitions."""
 
 
-import itertools
 from pathlib import Path
 
 import dagster as dg
@@ -47,8 +46,8 @@ def image_shards_sensor(context: dg.SensorEvaluationContext, library: ImageLibra
     if not new:
         return dg.SkipReason("no new shards")
     requests = [
-        dg.AddDynamicPartitionsRequest(partitions_def_name=IMAGE_SHARDS, partition_keys=list(chunk))
-        for chunk in itertools.batched(new, MAX_KEYS_PER_REQUEST)
+        dg.AddDynamicPartitionsRequest(partitions_def_name=IMAGE_SHARDS, partition_keys=new[i : i + MAX_KEYS_PER_REQUEST])
+        for i in range(0, len(new), MAX_KEYS_PER_REQUEST)
     ]
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=key, run_key=f"discover:{key}") for key in new],

@@ -47,7 +47,9 @@ def stop_embedded(pgdata: Path) -> bool:
     """Stop the embedded server if one runs on ``pgdata``; returns whether one was running."""
     if not (pgdata / "postmaster.pid").exists():
         return False
-    from pgserver._commands import pg_ctl
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs nags when XDG_RUNTIME_DIR is unset
+        from pgserver._commands import pg_ctl
 
     user = "pgserver" if os.geteuid() == 0 else None
     try:

@@ -11,11 +11,11 @@ from assemblage_assets.derive import DerivativeSpec, derive_image, dominant_colo
 from assemblage_assets.sample_data import make_photo
 
 
-def derive(tmp_path: Path, img: Image.Image, fmt: str, spec: DerivativeSpec = DerivativeSpec(), **save) -> tuple:
+def derive(tmp_path: Path, img: Image.Image, fmt: str, spec: DerivativeSpec | None = None, **save) -> tuple:
     tmp_path.mkdir(parents=True, exist_ok=True)
     src = tmp_path / f"src.{fmt.lower()}"
     img.save(src, fmt, **save)
-    result = derive_image(str(src), "img", tmp_path / "cache", spec)
+    result = derive_image(str(src), "img", tmp_path / "cache", spec or DerivativeSpec())
     assert result.ok, result.error_message
     return result, Image.open(tmp_path / "cache/thumbnail/img.webp"), Image.open(tmp_path / "cache/watermarked/img.jpg")
 

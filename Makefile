@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-run: install  ## ingest the sample tree (generated if empty) through Dagster and print a summary
+run: install  ## ingest and embed the sample tree (generated if empty) through Dagster and print a summary
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/assemblage demo
+	$(BIN)/assemblage demo --allow-tiny-model
 
 test: install  ## the whole test suite against the embedded Postgres
 	$(BIN)/pytest -q $(PYTEST_ARGS)

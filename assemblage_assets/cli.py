@@ -74,12 +74,72 @@ def _run_job(job_name: str, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def check_object_store() -> str:
+    """Preflight the configured object store once, before any run; returns where it publishes.
+
+    Raises ``SystemExit`` with one clear message (naming the setting, never a secret) when the
+    credentials, bucket or endpoint are wrong.
+    """
+    from resources.object_store import ObjectStore, ObjectStoreError
+
+    try:
+        # Resolves the EnvVar-held secrets the way a Dagster run does.
+        with ObjectStore.from_env().process_config_and_initialize_cm() as store:
+            store.preflight()
+            return store.describe()
+    except ObjectStoreError as exc:
+        raise SystemExit(f"object store not usable: {exc}") from None
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
+    print(f"publishing to {check_object_store()}")
     return _run_job("ingest_shard_job", args)
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    """The older ``npm run upload``: publish processed images of the shards (r2_objects)."""
+    print(f"publishing to {check_object_store()}")
+    return _run_job("publish_shard_job", args)
+
+
+def cmd_backfill_vehicles(args: argparse.Namespace) -> int:
+    """The older ``npm run trickle-backfill-images -- ...``: vehicle_image_backfill through Dagster."""
+    from assemblage_assets.launch import materialize_vehicle_backfill
+
+    if not args.dry_run:
+        print(f"storing to {check_object_store()}")
+    options: dict[str, Any] = {
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "max_images_per_vehicle": args.max_images,
+        "dry_run": args.dry_run,
+    }
+    if args.pause is not None:
+        options["pause_seconds"] = args.pause
+    runs = materialize_vehicle_backfill(args.organization_id, options, verbose=args.verbose)
+    for run in runs:
+        m = run.metadata
+        if not m:
+            continue
+        if m.get("dry_run"):
+            print(f"{run.shard}: dry run, {m['vehicles_selected']} vehicle(s), {m['urls_planned']} URL(s) would be fetched")
+            for vehicle_id, urls in m["would_fetch"].items():
+                print(f"  {vehicle_id}: {len(urls)} URL(s)")
+                for url in urls:
+                    print(f"    {url}")
+        else:
+            print(
+                f"{run.shard}: processed {m['vehicles_selected']}, backfilled {m['vehicles_backfilled']}, "
+                f"retrying {m['vehicles_retrying']}, failed {m['vehicles_failed']}, "
+                f"images inserted {m['images_stored']}, URLs failed {m['urls_failed']}, still due {m['vehicles_still_due']}"
+            )
+    failed = [r for r in runs if not r.success]
+    print(f"{len(runs) - len(failed)}/{len(runs)} organization run(s) succeeded")
+    return 1 if failed else 0
+
+
 def collect_status(shard: str | None = None, failure_limit: int = 50) -> dict[str, Any]:
-    from assemblage_assets import catalog, db
+    from assemblage_assets import catalog, db, embed_cli, vehicles
 
     dsn = _dsn()
     db.migrate(dsn)
@@ -89,6 +149,8 @@ def collect_status(shard: str | None = None, failure_limit: int = 50) -> dict[st
             "images": conn.execute("SELECT count(*) AS n FROM images").fetchone()["n"],
             "status_counts": catalog.status_counts(conn, shard),
             "failures": catalog.failures(conn, shard, failure_limit),
+            "vehicles": vehicles.monitoring(conn, failure_limit),
+            "embeddings": embed_cli.status(conn),
         }
 
 
@@ -101,6 +163,22 @@ def print_status(status: dict[str, Any]) -> None:
         print(f"failed or rejected files ({len(status['failures'])} shown):")
         for row in status["failures"]:
             print(f"  [{row['status']}:{row['error_kind']}] {row['local_path']}: {row['error_message']}")
+    v = status["vehicles"]
+    print(
+        f"vehicles needing image backfill: {v['needing_backfill']} ({v['due_now']} due now, {v['retrying']} "
+        f"waiting to retry); backfilled: {v['backfilled']} ({v['vehicle_images']} images); failed: {v['failed']}"
+    )
+    if v["failed_urls"]:
+        print(f"failed vehicle image URLs ({len(v['failed_urls'])} shown):")
+        for row in v["failed_urls"]:
+            print(f"  [{row['vehicle_status']}:{row['kind']}] vehicle {row['vehicle_id']} {row['url']}: {row['reason']}")
+    print_status_embeddings(status)
+
+
+def print_status_embeddings(status: dict[str, Any]) -> None:
+    from assemblage_assets import embed_cli
+
+    embed_cli.print_status(status.get("embeddings"))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -113,8 +191,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """What ``make run`` does: sample data if needed, ingest everything, summarise."""
-    from assemblage_assets import db
+    """What ``make run`` does: sample data if needed, ingest and embed everything, summarise."""
+    from assemblage_assets import db, embed_cli
     from assemblage_assets.launch import materialize_shards
     from assemblage_assets.sample_data import write_sample_tree
 
@@ -126,15 +204,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not images_dir.exists() or not any(images_dir.iterdir()):
         tree = write_sample_tree(images_dir)
         print(f"generated sample tree: {tree.files} files in {images_dir}")
+    tiny = embed_cli.prepare_demo_model(args.allow_tiny_model)  # before definitions read CLIP_MODEL
+    store = check_object_store()
     runs = materialize_shards("ingest_shard_job", images_dir)
+    runs += embed_cli.run_demo(tiny)
     print()
     print_status(collect_status())
     print()
     print(f"images:            {images_dir}")
     print(f"derivative cache:  {paths.derivative_cache} (thumbnail/, watermarked/)")
+    print(f"published to:      {store} (original/, thumbnail/, watermarked/)")
     print(f"Dagster home:      {settings.ensure_dagster_home()}")
     print("open the UI:       make ui   (then http://127.0.0.1:3000)")
     return 0 if all(r.success for r in runs) else 1
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,20 +248,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="store_true", help="also add missing shards as Dagster partitions")
     p.set_defaults(func=cmd_shards)
 
-    p = sub.add_parser("ingest", help="scan and derive shards through Dagster (raw_files + derivatives)")
+    p = sub.add_parser("ingest", help="scan, derive and publish shards through Dagster (raw_files + derivatives + r2_objects)")
     p.add_argument("--images-dir", default=default_images, help=f"source tree (default: IMAGES_DIR or {default_images})")
     p.add_argument("--shard", action="append", metavar="KEY", help="shard key to run (repeatable; default: all)")
     p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("status", help="files per status and failures with reasons")
+    p = sub.add_parser("upload", help="publish processed shards to the object store through Dagster (r2_objects)")
+    p.add_argument("--images-dir", default=default_images, help=f"source tree (default: IMAGES_DIR or {default_images})")
+    p.add_argument("--shard", action="append", metavar="KEY", help="shard key to publish (repeatable; default: all)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser(
+        "backfill-vehicles",
+        help="download vehicles' listing images through Dagster (vehicle_image_backfill); "
+        "like `npm run trickle-backfill-images`",
+    )
+    p.add_argument("--limit", type=_positive_int, default=100, help="vehicles to handle (default 100)")
+    p.add_argument("--batch-size", type=_positive_int, default=10, help="vehicles per batch (default 10)")
+    p.add_argument("--max-images", type=_positive_int, default=20, help="images per vehicle (default 20)")
+    p.add_argument("--organization-id", metavar="ID", help="only this organization: its uuid, or 'no-organization' for vehicles without one")
+    p.add_argument("--dry-run", action="store_true", help="list what would be fetched; write nothing")
+    p.add_argument("--pause", type=float, metavar="SECONDS", help="pause between batches (default 2)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
+    p.set_defaults(func=cmd_backfill_vehicles)
+
+    p = sub.add_parser("status", help="files per status and failures with reasons; vehicle image backfill")
     p.add_argument("--shard", help="only this shard")
     p.add_argument("--limit", type=int, default=50, help="failures to list")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("demo", help="what `make run` does: sample data if empty, ingest all, summary")
+    from assemblage_assets.embed_cli import add_commands as add_embedding_commands
+
+    add_embedding_commands(sub, default_images)
+
+    p = sub.add_parser("demo", help="what `make run` does: sample data if empty, ingest and embed all, summary")
     p.add_argument("--images-dir", default=default_images)
+    p.add_argument(
+        "--allow-tiny-model", action="store_true",
+        help="if the configured CLIP model cannot be loaded (offline), embed with a tiny random model "
+        "whose vectors carry no meaning (also ASSEMBLAGE_DEMO_TINY_MODEL=1)",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

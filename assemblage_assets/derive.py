@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -94,7 +95,7 @@ def derive_image(source: str, image_id: str, cache_dir: str | Path, spec: Deriva
             opacity=spec.watermark_opacity,
         )
         cache = Path(cache_dir)
-        _atomic_save(thumbnail, cache / thumbnail_key(image_id), "WEBP", quality=spec.thumbnail_quality, method=4)
+        _save_thumbnail(thumbnail, cache / thumbnail_key(image_id), spec)
         _atomic_save(marked, cache / preview_key(image_id), "JPEG", quality=spec.preview_quality, optimize=True)
     except OSError as exc:
         return DerivedImage(image_id, "derive-error", f"cannot write derivatives: {type(exc).__name__}: {exc}")
@@ -107,7 +108,25 @@ def derive_image(source: str, image_id: str, cache_dir: str | Path, spec: Deriva
     )
 
 
-def _decode_upright(source: str, long_edge: int) -> tuple[Image.Image, int]:
+def write_thumbnail(source: str | BinaryIO, target: Path, spec: DerivativeSpec) -> tuple[int, int]:
+    """Only the thumbnail of ``derive_image`` (same decode, resampling and encoding), written to
+    ``target``; returns its size. For images already in memory (downloads). Raises Pillow's
+    errors (``OSError``, ``DecompressionBombError``, ...) when the image cannot be decoded."""
+    Image.MAX_IMAGE_PIXELS = spec.max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        upright, _ = _decode_upright(source, spec.preview_long_edge)
+    preview = _fit(upright, spec.preview_long_edge, spec.preview_long_edge)
+    thumbnail = _fit(preview, spec.thumbnail_box, spec.thumbnail_box)
+    _save_thumbnail(thumbnail, target, spec)
+    return thumbnail.size
+
+
+def _save_thumbnail(thumbnail: Image.Image, target: Path, spec: DerivativeSpec) -> None:
+    _atomic_save(thumbnail, target, "WEBP", quality=spec.thumbnail_quality, method=4)
+
+
+def _decode_upright(source: str | BinaryIO, long_edge: int) -> tuple[Image.Image, int]:
     with Image.open(source) as img:
         frame_count = _frame_count(img)
         if frame_count > 1:

@@ -1,12 +1,13 @@
-"""Launch shard jobs through Dagster from the CLI: same definitions, same instance as the UI."""
+"""Launch shard and vehicle jobs through Dagster from the CLI: same definitions, same instance as the UI."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from assemblage_assets import settings
 from assemblage_assets.shards import discover_shards
@@ -21,6 +22,7 @@ class ShardRun:
     success: bool
     seconds: float
     error: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)  # of the run's materializations
 
 
 def materialize_shards(
@@ -50,22 +52,74 @@ def materialize_shards(
     if unknown:
         raise SystemExit(f"unknown shard key(s) {unknown}; shards of {images_dir}: {sorted(on_disk)}")
 
-    job = defs.resolve_job_def(job_name)
+    run_config = None if verbose else QUIET_LOGGING
+    return run_partitions(defs.resolve_job_def(job_name), {key: run_config for key in keys}, instance, progress)
+
+
+def run_partitions(
+    job: Any, run_configs: dict[str, dict[str, Any] | None], instance: Any, progress: Callable[[str], None] = print
+) -> list[ShardRun]:
+    """``execute_in_process`` once per partition key (already registered) with its run config."""
     runs = []
-    for index, key in enumerate(keys, 1):
+    for index, (key, run_config) in enumerate(run_configs.items(), 1):
         started = time.perf_counter()
         result = job.execute_in_process(
             partition_key=key,
             instance=instance,
-            run_config=None if verbose else QUIET_LOGGING,
+            run_config=run_config,
             raise_on_error=False,
         )
         error = ""
         if not result.success:
             failed = [e for e in result.all_events if e.is_step_failure]
             error = failed[0].event_specific_data.error.message.strip() if failed else "run failed"
-        run = ShardRun(key, result.run_id, result.success, time.perf_counter() - started, error)
+        metadata = {
+            name: value.value
+            for m in result.get_asset_materialization_events()
+            for name, value in m.materialization.metadata.items()
+        }
+        run = ShardRun(key, result.run_id, result.success, time.perf_counter() - started, error, metadata)
         runs.append(run)
         state = "ok" if run.success else f"FAILED: {run.error}"
-        progress(f"[{index}/{len(keys)}] {job_name} {key}: {state} ({run.seconds:.1f}s, run {run.run_id[:8]})")
+        progress(f"[{index}/{len(run_configs)}] {job.name} {key}: {state} ({run.seconds:.1f}s, run {run.run_id[:8]})")
     return runs
+
+
+def materialize_vehicle_backfill(
+    organization: str | None,
+    options: dict[str, Any],
+    *,
+    verbose: bool = False,
+    progress: Callable[[str], None] = print,
+) -> list[ShardRun]:
+    """``vehicle_image_backfill`` for one organization, or for every organization with vehicles
+    due (sharing ``options["limit"]`` like the schedule does), as runs of ``vehicle_backfill_job``."""
+    settings.ensure_dagster_home()
+    import dagster as dg
+
+    from assemblage_assets import db, vehicles
+    from assemblage_assets.definitions import defs
+    from schedules.trickle_backfill import register_organizations, run_config
+
+    limit = options.pop("limit")
+    if organization:
+        try:
+            vehicles.organization_filter(organization)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        plan = [(organization, limit)]
+    else:
+        dsn = db.resolve_dsn()
+        db.migrate(dsn)
+        with db.connect(dsn) as conn:
+            plan = vehicles.allocate(vehicles.due_counts(conn), limit)
+        if not plan:
+            progress("no vehicles due for image backfill")
+            return []
+    instance = dg.DagsterInstance.get()
+    added = register_organizations(instance, [key for key, _ in plan])
+    if added:
+        progress(f"registered {len(added)} new organization partition(s): {', '.join(added)}")
+    logging = {} if verbose else QUIET_LOGGING
+    configs = {key: {**logging, **run_config(n, **options)} for key, n in plan}
+    return run_partitions(defs.resolve_job_def("vehicle_backfill_job"), configs, instance, progress)

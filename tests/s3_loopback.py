@@ -298,15 +298,13 @@ class S3Env:
 
     def store(self, bucket: str, **fields: Any) -> S3ObjectStore:
         """An ``S3ObjectStore`` on ``bucket`` through the proxy; ``fields`` override its settings."""
-        from resources.object_store import S3ClientResource, S3ObjectStore
+        from resources.object_store import S3ObjectStore
 
-        client_fields = {k: fields.pop(k) for k in ("max_attempts", "retry_mode", "read_timeout") if k in fields}
-        s3 = S3ClientResource(
-            endpoint_url=fields.pop("endpoint_url", self.url), region_name=REGION, addressing_style="path",
-            aws_access_key_id=fields.pop("access_key", ACCESS_KEY),
-            aws_secret_access_key=fields.pop("secret_key", SECRET_KEY), **client_fields,
-        )
-        return S3ObjectStore(s3=s3, bucket=bucket, **fields)
+        defaults = {
+            "endpoint_url": self.url, "region_name": REGION, "addressing_style": "path",
+            "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY,
+        }
+        return S3ObjectStore(bucket=bucket, **{**defaults, **fields})
 
     def direct(self) -> Any:
         """A client straight to moto, for assertions that must not show up in the proxy counts."""

@@ -169,7 +169,7 @@ def test_preflight_names_an_unreachable_endpoint_quickly(s3: S3Env) -> None:
 def test_preflight_names_bad_credentials_without_echoing_them(s3: S3Env) -> None:
     bucket = s3.new_bucket()
     wrong_secret = "wrong-secret-value-123"
-    store = s3.store(bucket, access_key="AKIAWRONGWRONGWRONG1", secret_key=wrong_secret)
+    store = s3.store(bucket, aws_access_key_id="AKIAWRONGWRONGWRONG1", aws_secret_access_key=wrong_secret)
     set_moto_auth(s3.upstream_url, enabled=True)  # from now on moto checks keys against IAM
     try:
         with pytest.raises(StoreConfigError, match="R2_ACCESS_KEY_ID") as err:
@@ -180,7 +180,7 @@ def test_preflight_names_bad_credentials_without_echoing_them(s3: S3Env) -> None
 
 
 def test_incomplete_credentials_are_named(s3: S3Env) -> None:
-    store = s3.store("any", secret_key=None)
+    store = s3.store("any", aws_secret_access_key=None)
     with pytest.raises(StoreConfigError, match="R2_SECRET_ACCESS_KEY is not set"):
         store.preflight()
 
@@ -248,13 +248,13 @@ def test_from_env_reads_the_older_loaders_r2_settings(monkeypatch: pytest.Monkey
         monkeypatch.setenv(key, value)
     store = ObjectStore.from_env()
     assert isinstance(store, S3ObjectStore)
-    assert store.s3.endpoint_url == "https://0123abcd.r2.cloudflarestorage.com"
-    assert store.s3.region_name == "auto"
+    assert store.endpoint_url == "https://0123abcd.r2.cloudflarestorage.com"
+    assert store.region_name == "auto"
     assert (store.bucket, store.private_bucket, store.prefix) == ("photos", "photos-originals", "v2")
     assert store.concurrency == 16 and store.existence_check == "none"
     # secrets stay environment references: the UI and run config show the name, not the value
-    assert isinstance(store.s3.aws_secret_access_key, dg.EnvVar)
-    assert store.s3.aws_secret_access_key.env_var_name == "R2_SECRET_ACCESS_KEY"
+    assert isinstance(store.aws_secret_access_key, dg.EnvVar)
+    assert store.aws_secret_access_key.env_var_name == "R2_SECRET_ACCESS_KEY"
     assert SECRET_KEY not in store.describe()
     with store.process_config_and_initialize_cm() as resolved:
         client = resolved.client()
@@ -269,5 +269,5 @@ def test_s3_endpoint_url_overrides_the_r2_endpoint_and_uses_path_style(monkeypat
     monkeypatch.delenv("R2_BUCKET", raising=False)
     store = ObjectStore.from_env()
     assert isinstance(store, S3ObjectStore)
-    assert store.s3.endpoint_url == "http://127.0.0.1:9000"
-    assert store.s3.addressing_style == "path" and store.s3.region_name is None
+    assert store.endpoint_url == "http://127.0.0.1:9000"
+    assert store.addressing_style == "path" and store.region_name is None

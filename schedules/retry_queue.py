@@ -1,0 +1,40 @@
+"""``retry_queue_schedule``: every 5 minutes, embeddings runs for the shards whose queued
+retries are due (failed images after their 1/2/5-minute backoff, images rescheduled by the
+rate limit), skipping shards that already have an embeddings run queued or in progress."""
+
+import dagster as dg
+
+from assemblage_assets import embed_queue
+from assemblage_assets.embedding_sensor import EMBED_JOB, partitions_with_waiting_runs
+from assemblage_assets.partitions import IMAGE_SHARDS
+from resources.database import PostgresResource
+from resources.embedding import active_model_id
+
+MAX_RUNS_PER_TICK = 50
+
+
+@dg.schedule(
+    name="retry_queue_schedule",
+    cron_schedule="*/5 * * * *",
+    job_name=EMBED_JOB,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Launches embeddings runs for shards with due retries in the embedding queue.",
+)
+def retry_queue_schedule(context: dg.ScheduleEvaluationContext, database: PostgresResource):
+    """Yields one run request per shard with due retries (at most ``MAX_RUNS_PER_TICK``)."""
+    model = active_model_id()
+    with database.connect() as conn:
+        due = embed_queue.due_shards(conn, model, limit=MAX_RUNS_PER_TICK * 4)
+    registered = set(context.instance.get_dynamic_partitions(IMAGE_SHARDS))
+    busy = partitions_with_waiting_runs(context.instance)
+    shards = [s for s in due if s in registered and s not in busy][:MAX_RUNS_PER_TICK]
+    if not shards:
+        yield dg.SkipReason(f"no due retries for {model}" if not due else "every shard with due retries has a run waiting")
+        return
+    tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M") if context.scheduled_execution_time else "now"
+    for shard in shards:
+        yield dg.RunRequest(
+            partition_key=shard,
+            run_key=f"retry:{shard}:{tick}",
+            tags={"assemblage/trigger": "retry_queue_schedule", "dagster/max_retries": "1"},
+        )

@@ -54,15 +54,22 @@ def apply_watermark(
     if not text and not image_path:
         return img.convert("RGB")
     base = img.convert("RGBA")
-    short_edge = min(base.size)
+    return Image.alpha_composite(base, _overlay(base.size, text, image_path, opacity)).convert("RGB")
+
+
+@lru_cache(maxsize=16)
+def _overlay(size: tuple[int, int], text: str, image_path: str, opacity: float) -> Image.Image:
+    """The full-size tiled overlay; cached because most previews of a shard share a size."""
+    width, height = size
+    short_edge = min(size)
     if image_path:
-        tile = _image_tile(image_path, max(16, base.width // 5), opacity)
+        tile = _image_tile(image_path, max(16, width // 5), opacity)
     else:
         tile = _text_tile(text, max(10, short_edge // 14), opacity)
-    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    overlay = Image.new("RGBA", size, (0, 0, 0, 0))
     step_x, step_y = tile.width + short_edge // 10, tile.height + short_edge // 10
-    for row, y in enumerate(range(-tile.height // 2, base.height, step_y)):
+    for row, y in enumerate(range(-tile.height // 2, height, step_y)):
         offset = (step_x // 2) * (row % 2)  # brick pattern reads as a watermark, not a grid
-        for x in range(-tile.width + offset, base.width, step_x):
+        for x in range(-tile.width + offset, width, step_x):
             overlay.alpha_composite(tile, (max(x, 0), max(y, 0)), (max(-x, 0), max(-y, 0)))
-    return Image.alpha_composite(base, overlay).convert("RGB")
+    return overlay

@@ -38,13 +38,13 @@ def test_definitions_load(assemblage_env: dict[str, str]) -> None:
 def test_materialize_one_shard_with_metadata(assemblage_env: dict[str, str], tmp_path: Path) -> None:
     tree = write_sample_tree(Path(assemblage_env["IMAGES_DIR"]), photos_per_shard=3)
     key = shard_key("Ferien Sommer 2023")
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(IMAGE_SHARDS, [key])
     resources = {
         "database": PostgresResource(dsn=assemblage_env["DATABASE_URL"]),
         "library": ImageLibraryResource(images_dir=str(tree.root), derivative_cache_dir=str(tmp_path / "cache")),
     }
-    result = dg.materialize([raw_files, derivatives], partition_key=key, instance=instance, resources=resources)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(IMAGE_SHARDS, [key])
+        result = dg.materialize([raw_files, derivatives], partition_key=key, instance=instance, resources=resources)
     assert result.success
     scan_meta = result.asset_materializations_for_node("raw_files")[0].metadata
     derive_meta = result.asset_materializations_for_node("derivatives")[0].metadata
@@ -61,14 +61,15 @@ def test_sensor_registers_new_shards_and_requests_their_runs(assemblage_env: dic
     tree = write_sample_tree(Path(assemblage_env["IMAGES_DIR"]), photos_per_shard=3)
     instance = dg.DagsterInstance.ephemeral()
     library = ImageLibraryResource(images_dir=str(tree.root), derivative_cache_dir="/unused")
-    context = dg.build_sensor_context(instance=instance, resources={"library": library})
-    result = image_shards_sensor(context)
+    with dg.build_sensor_context(instance=instance, resources={"library": library}) as context:
+        result = image_shards_sensor(context)
     expected = sorted([shard_key(name) for name in tree.shards] + [ROOT_SHARD_KEY])
     (request,) = result.dynamic_partitions_requests
     assert sorted(request.partition_keys) == expected
     assert sorted(r.partition_key for r in result.run_requests) == expected
     instance.add_dynamic_partitions(IMAGE_SHARDS, request.partition_keys)
-    again = image_shards_sensor(dg.build_sensor_context(instance=instance, resources={"library": library}))
+    with dg.build_sensor_context(instance=instance, resources={"library": library}) as context:
+        again = image_shards_sensor(context)
     assert isinstance(again, dg.SkipReason)
 
 

@@ -138,14 +138,14 @@ def test_errored_and_waiting_images_are_left_to_the_queue(setup, pg_dsn: str) ->
         embed_queue.record_failures(conn, "tiny-clip", "parks", [(parks, "http-500", "boom")])
         requests, _, _ = evaluate(instance, conn, "tiny-clip", None)
         assert requests == []  # the retry is not due yet: the sensor leaves it to the schedule
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2024, 5, 1, 12, 5, tzinfo=UTC),
-                                            resources={"database": resources["database"]})
-        assert isinstance(next(iter(retry_queue_schedule(context))), dg.SkipReason)
-        conn.execute("UPDATE embedding_queue SET next_attempt_at = now() - interval '1 second'")
-        runs = list(retry_queue_schedule(context))
-        assert [r.partition_key for r in runs] == ["parks"] and runs[0].tags["dagster/max_retries"] == "1"
-        busy = _busy_run(instance, "parks")
-        assert isinstance(next(iter(retry_queue_schedule(context))), dg.SkipReason)  # one run per partition at a time
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2024, 5, 1, 12, 5, tzinfo=UTC),
+                                       resources={"database": resources["database"]}) as context:
+            assert isinstance(next(iter(retry_queue_schedule(context))), dg.SkipReason)
+            conn.execute("UPDATE embedding_queue SET next_attempt_at = now() - interval '1 second'")
+            runs = list(retry_queue_schedule(context))
+            assert [r.partition_key for r in runs] == ["parks"] and runs[0].tags["dagster/max_retries"] == "1"
+            busy = _busy_run(instance, "parks")
+            assert isinstance(next(iter(retry_queue_schedule(context))), dg.SkipReason)  # one run per partition at a time
         instance.delete_run(busy)
         result = dg.materialize([embeddings], partition_key="parks", instance=instance, resources=resources)
         assert result.success and result.asset_materializations_for_node("embeddings")[0].metadata["embedded"].value == 1

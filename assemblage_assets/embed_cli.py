@@ -98,7 +98,7 @@ def launch_embed_runs(
 
     from assemblage_assets import db
     from assemblage_assets.embedding_sensor import shards_missing_embeddings
-    from assemblage_assets.launch import QUIET_LOGGING, ShardRun
+    from assemblage_assets.launch import QUIET_LOGGING, run_partition
     from assemblage_assets.partitions import IMAGE_SHARDS
     from resources import embedding
     from resources.database import PostgresResource
@@ -126,20 +126,8 @@ def launch_embed_runs(
         run_config: dict[str, Any] = {} if verbose else dict(QUIET_LOGGING)
         if limit:
             run_config["ops"] = {"embeddings": {"config": {"limit": remaining}}}
-        started = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=key, instance=instance, run_config=run_config or None, raise_on_error=False, resources=resources
-        )
-        error = ""
-        if not result.success:
-            failed = [e for e in result.all_events if e.is_step_failure]
-            error = failed[0].event_specific_data.error.message.strip() if failed else "run failed"
-        metadata = {
-            name: value.value
-            for m in result.get_asset_materialization_events()
-            for name, value in m.materialization.metadata.items()
-        }
-        run = ShardRun(key, result.run_id, result.success, time.perf_counter() - started, error, metadata)
+        run = run_partition(job, key, instance, run_config or None, resources)
+        metadata = run.metadata
         runs.append(run)
         state = f"{metadata.get('embedded', 0)} embedded" if run.success else f"FAILED: {run.error}"
         progress(f"[{index}/{len(shards)}] embed_shard_job {key}: {state} ({run.seconds:.1f}s, run {run.run_id[:8]})")

@@ -56,29 +56,33 @@ def materialize_shards(
     return run_partitions(defs.resolve_job_def(job_name), {key: run_config for key in keys}, instance, progress)
 
 
+def run_partition(
+    job: Any, key: str, instance: Any, run_config: dict[str, Any] | None = None, resources: dict[str, Any] | None = None
+) -> ShardRun:
+    """``execute_in_process`` for one registered partition key; the outcome and its metadata."""
+    started = time.perf_counter()
+    result = job.execute_in_process(
+        partition_key=key, instance=instance, run_config=run_config, raise_on_error=False, resources=resources
+    )
+    error = ""
+    if not result.success:
+        failed = [e for e in result.all_events if e.is_step_failure]
+        error = failed[0].event_specific_data.error.message.strip() if failed else "run failed"
+    metadata = {
+        name: value.value
+        for m in result.get_asset_materialization_events()
+        for name, value in m.materialization.metadata.items()
+    }
+    return ShardRun(key, result.run_id, result.success, time.perf_counter() - started, error, metadata)
+
+
 def run_partitions(
     job: Any, run_configs: dict[str, dict[str, Any] | None], instance: Any, progress: Callable[[str], None] = print
 ) -> list[ShardRun]:
-    """``execute_in_process`` once per partition key (already registered) with its run config."""
+    """``run_partition`` once per partition key (already registered) with its run config."""
     runs = []
     for index, (key, run_config) in enumerate(run_configs.items(), 1):
-        started = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=key,
-            instance=instance,
-            run_config=run_config,
-            raise_on_error=False,
-        )
-        error = ""
-        if not result.success:
-            failed = [e for e in result.all_events if e.is_step_failure]
-            error = failed[0].event_specific_data.error.message.strip() if failed else "run failed"
-        metadata = {
-            name: value.value
-            for m in result.get_asset_materialization_events()
-            for name, value in m.materialization.metadata.items()
-        }
-        run = ShardRun(key, result.run_id, result.success, time.perf_counter() - started, error, metadata)
+        run = run_partition(job, key, instance, run_config)
         runs.append(run)
         state = "ok" if run.success else f"FAILED: {run.error}"
         progress(f"[{index}/{len(run_configs)}] {job.name} {key}: {state} ({run.seconds:.1f}s, run {run.run_id[:8]})")

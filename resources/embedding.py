@@ -626,9 +626,9 @@ def from_env(*, secrets_from_dagster: bool = False) -> EmbeddingResource:
             text_input_key=settings.env_str("REPLICATE_TEXT_INPUT_KEY", "text"),
             vector_dim=settings.env_int("REPLICATE_VECTOR_DIM", 768),
             base_url=settings.env_str("REPLICATE_BASE_URL"),
-            timeout_seconds=_env_float("REPLICATE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
-            price_per_second=_env_float("REPLICATE_PRICE_PER_SECOND", 0.000225),
-            price_per_call=_env_float("REPLICATE_PRICE_PER_CALL", 0.00025),
+            timeout_seconds=settings.env_float("REPLICATE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
+            price_per_second=settings.env_float("REPLICATE_PRICE_PER_SECOND", 0.000225),
+            price_per_call=settings.env_float("REPLICATE_PRICE_PER_CALL", 0.00025),
             **paid_common,
         )
     return OpenAIEmbedding(
@@ -638,23 +638,13 @@ def from_env(*, secrets_from_dagster: bool = False) -> EmbeddingResource:
         embedding_model=settings.env_str("OPENAI_EMBEDDING_MODEL", DEFAULT_OPENAI_EMBEDDING_MODEL),
         dimensions=settings.env_int("OPENAI_EMBEDDING_DIMENSIONS", 0),
         image_detail=settings.env_str("OPENAI_IMAGE_DETAIL", "low"),
-        timeout_seconds=_env_float("OPENAI_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
-        price_input_per_mtok=_env_float("OPENAI_PRICE_INPUT_PER_MTOK", 0.25),
-        price_output_per_mtok=_env_float("OPENAI_PRICE_OUTPUT_PER_MTOK", 2.0),
-        price_embedding_per_mtok=_env_float("OPENAI_PRICE_EMBEDDING_PER_MTOK", 0.02),
+        timeout_seconds=settings.env_float("OPENAI_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
+        price_input_per_mtok=settings.env_float("OPENAI_PRICE_INPUT_PER_MTOK", 0.25),
+        price_output_per_mtok=settings.env_float("OPENAI_PRICE_OUTPUT_PER_MTOK", 2.0),
+        price_embedding_per_mtok=settings.env_float("OPENAI_PRICE_EMBEDDING_PER_MTOK", 0.02),
         est_tokens_per_image=settings.env_int("OPENAI_EST_TOKENS_PER_IMAGE", 1200),
         **paid_common,
     )
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = settings.env_str(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
 def active_model_id() -> str:

@@ -1,0 +1,1 @@
+"""Assemblage: Dagster assets, sensors and jobs for image ingestion, and the plain functions behind them."""

@@ -1,0 +1,1 @@
+"""Dagster resources: database, image library, object store, embedding providers, URL fetcher."""

@@ -1,0 +1,1 @@
+"""Schedules: trickle backfill of vehicle images and the embedding retry queue."""

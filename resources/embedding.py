@@ -258,22 +258,15 @@ def _raise_on_429(response: Any) -> None:
         )
 
 
-class ReplicateEmbedding(EmbeddingResource):
-    """Image vectors from a model hosted on Replicate (CLIP ViT-L/14 by default)."""
+class PaidEmbedding(EmbeddingResource):
+    """What the paid, remote providers share: a lazily built API client, a per-call timeout,
+    the public preview URL to send instead of the file, and a default calls-per-minute cap."""
 
-    api_token: str = ""  # REPLICATE_API_TOKEN
-    image_model: str = DEFAULT_REPLICATE_MODEL  # REPLICATE_IMAGE_MODEL: owner/name[:version]
-    input_key: str = "image"  # REPLICATE_IMAGE_INPUT_KEY
-    text_input_key: str = "text"  # REPLICATE_TEXT_INPUT_KEY (search)
-    vector_dim: int = 768  # REPLICATE_VECTOR_DIM
-    base_url: str = ""  # REPLICATE_BASE_URL
+    base_url: str = ""  # REPLICATE_BASE_URL / OPENAI_BASE_URL
     image_base_url: str = ""  # IMAGE_BASE_URL: send the uploaded preview's public URL
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # REPLICATE_TIMEOUT_SECONDS, per call
-    price_per_second: float = 0.000225  # REPLICATE_PRICE_PER_SECOND (predict time)
-    price_per_call: float = 0.00025  # REPLICATE_PRICE_PER_CALL (no metrics; estimates)
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # REPLICATE_/OPENAI_TIMEOUT_SECONDS, per call
     max_calls_per_min: int = DEFAULT_PAID_CALLS_PER_MIN
 
-    provider_name: ClassVar[str] = "replicate"
     paid: ClassVar[bool] = True
 
     _client: Any = PrivateAttr(default=None)
@@ -281,6 +274,23 @@ class ReplicateEmbedding(EmbeddingResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self.client()
+
+    def client(self) -> Any:
+        raise NotImplementedError
+
+
+class ReplicateEmbedding(PaidEmbedding):
+    """Image vectors from a model hosted on Replicate (CLIP ViT-L/14 by default)."""
+
+    api_token: str = ""  # REPLICATE_API_TOKEN
+    image_model: str = DEFAULT_REPLICATE_MODEL  # REPLICATE_IMAGE_MODEL: owner/name[:version]
+    input_key: str = "image"  # REPLICATE_IMAGE_INPUT_KEY
+    text_input_key: str = "text"  # REPLICATE_TEXT_INPUT_KEY (search)
+    vector_dim: int = 768  # REPLICATE_VECTOR_DIM
+    price_per_second: float = 0.000225  # REPLICATE_PRICE_PER_SECOND (predict time)
+    price_per_call: float = 0.00025  # REPLICATE_PRICE_PER_CALL (no metrics; estimates)
+
+    provider_name: ClassVar[str] = "replicate"
 
     @property
     def model_id(self) -> str:
@@ -408,31 +418,20 @@ CAPTION_INSTRUCTIONS = (
 )
 
 
-class OpenAIEmbedding(EmbeddingResource):
+class OpenAIEmbedding(PaidEmbedding):
     """Caption (vision model) + tags, embedded as text. OpenAI has no image-embedding endpoint."""
 
     api_key: str = ""  # OPENAI_API_KEY
-    base_url: str = ""  # OPENAI_BASE_URL
     vision_model: str = DEFAULT_OPENAI_VISION_MODEL  # OPENAI_VISION_MODEL
     embedding_model: str = DEFAULT_OPENAI_EMBEDDING_MODEL  # OPENAI_EMBEDDING_MODEL
     dimensions: int = 0  # OPENAI_EMBEDDING_DIMENSIONS; 0: the model's own
     image_detail: str = "low"  # OPENAI_IMAGE_DETAIL
-    image_base_url: str = ""  # IMAGE_BASE_URL: send the uploaded preview's public URL
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # OPENAI_TIMEOUT_SECONDS
     price_input_per_mtok: float = 0.25  # OPENAI_PRICE_INPUT_PER_MTOK (vision model input)
     price_output_per_mtok: float = 2.0  # OPENAI_PRICE_OUTPUT_PER_MTOK
     price_embedding_per_mtok: float = 0.02  # OPENAI_PRICE_EMBEDDING_PER_MTOK
     est_tokens_per_image: int = 1200  # OPENAI_EST_TOKENS_PER_IMAGE (estimate only)
-    max_calls_per_min: int = DEFAULT_PAID_CALLS_PER_MIN
 
     provider_name: ClassVar[str] = "openai"
-    paid: ClassVar[bool] = True
-
-    _client: Any = PrivateAttr(default=None)
-    _lock: Any = PrivateAttr(default_factory=threading.Lock)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self.client()
 
     @property
     def model_id(self) -> str:

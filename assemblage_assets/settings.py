@@ -91,5 +91,10 @@ def ensure_dagster_home() -> Path:
     configured = env_str("DAGSTER_HOME")
     path = Path(configured) if configured else Paths.from_env().dagster_home
     path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists():
+        # Dagster's defaults (SQLite storage in this folder) are right for a local instance;
+        # the file only says so, which also silences Dagster's "no dagster.yaml" notice.
+        config.write_text("# Dagster instance of Assemblage: default local storage in this folder.\n")
     os.environ["DAGSTER_HOME"] = str(path)
     return path

@@ -107,7 +107,7 @@ def _vips_one(path: str, out_dir: str, name: str) -> None:
     from assemblage_assets.derive import DerivativeSpec, dominant_colours
     from assemblage_assets.watermark import apply_watermark
 
-    def to_pil(img: "pyvips.Image") -> Image.Image:
+    def to_pil(img: pyvips.Image) -> Image.Image:
         return Image.fromarray(np.ndarray(buffer=img.write_to_memory(), dtype=np.uint8, shape=[img.height, img.width, img.bands]))
 
     spec = DerivativeSpec()

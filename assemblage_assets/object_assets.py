@@ -2,11 +2,12 @@
 
 import dagster as dg
 
-from assemblage_assets import catalog
+from assemblage_assets import catalog, settings
 from assemblage_assets.image_assets import derivatives
 from assemblage_assets.metadata import stage_metadata
 from assemblage_assets.partitions import image_shards_partitions_def
 from assemblage_assets.publish import RATE_KEY, publish_shard
+from assemblage_assets.shard_checks import DEFAULT_SPOT_CHECK, object_gaps, spot_check_objects
 from resources.database import PostgresResource
 from resources.image_library import ImageLibraryResource
 from resources.object_store import ObjectStore, StoreConfigError, TransientStoreError
@@ -23,6 +24,13 @@ from resources.object_store import ObjectStore, StoreConfigError, TransientStore
     retry_policy=dg.RetryPolicy(
         max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
     ),
+    check_specs=[
+        dg.AssetCheckSpec("objects_published", asset="r2_objects",
+                          description="Every processed image of the shard is published, with its three URLs recorded."),
+        dg.AssetCheckSpec("objects_in_store", asset="r2_objects",
+                          description="A random sample of the shard's published images (CHECK_SAMPLE_IMAGES, "
+                          "default 20) has all three objects in the store: catches objects deleted behind our back."),
+    ],
 )
 def r2_objects(
     context: dg.AssetExecutionContext,
@@ -54,11 +62,13 @@ def r2_objects(
         except StoreConfigError as exc:
             raise dg.Failure(description=f"object store rejected the upload: {exc}", allow_retries=False) from None
         counts = catalog.status_counts(conn, context.partition_key)
+        after = object_store.request_counts()  # before the checks' HEADs: the stage's own requests
+        checks = _check_results(conn, context.partition_key, object_store)
     metadata = {
         **stage_metadata(report, RATE_KEY),
         "object_store": dg.MetadataValue.text(object_store.describe()),
         "requests": dg.MetadataValue.json(
-            {op: n - before.get(op, 0) for op, n in object_store.request_counts().items() if n > before.get(op, 0)}
+            {op: n - before.get(op, 0) for op, n in after.items() if n > before.get(op, 0)}
         ),
         "status_counts": dg.MetadataValue.json(counts),
     }
@@ -69,4 +79,24 @@ def r2_objects(
             "after the client's retries; they stay 'processed' for the next attempt",
             metadata=metadata,
         )
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _check_results(conn, shard: str, store: ObjectStore) -> list[dg.AssetCheckResult]:
+    gaps = object_gaps(conn, shard)
+    spot = spot_check_objects(conn, shard, store, settings.env_int("CHECK_SAMPLE_IMAGES", DEFAULT_SPOT_CHECK))
+    return [
+        dg.AssetCheckResult(
+            check_name="objects_published",
+            passed=gaps.gaps == 0,
+            severity=dg.AssetCheckSeverity.WARN,  # unpublished images are retried by the next run
+            metadata={"images": gaps.images, "unpublished": gaps.unpublished,
+                      "uploaded_without_urls": gaps.uploaded_without_urls},
+        ),
+        dg.AssetCheckResult(
+            check_name="objects_in_store",
+            passed=not spot.missing,
+            metadata={"images_checked": spot.checked, "missing": len(spot.missing),
+                      "missing_keys": dg.MetadataValue.json(spot.missing[:20])},
+        ),
+    ]

@@ -442,3 +442,44 @@ def test_definitions_publish_in_the_ingest_job_and_pick_the_store_from_env(
     with dg.instance_for_test():
         dg.Definitions.validate_loadable(build())
     assert isinstance(definitions.build_resources()["object_store"], S3ObjectStore)
+
+
+def _check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_asset_checks_report_unpublished_images_and_objects_missing_from_the_store(shard: Shard, tmp_path: Path) -> None:
+    from assemblage_assets.shard_checks import object_gaps, spot_check_objects
+
+    root = tmp_path / "objects"
+    store = LocalObjectStore(root=str(root))
+    with db.connect(shard.dsn) as conn:
+        before = object_gaps(conn, SHARD)
+    assert (before.images, before.unpublished, before.gaps) == (PHOTOS, PHOTOS, PHOTOS)
+
+    result = _materialize(shard, store)
+    assert result.success
+    checks = _check_evaluations(result)
+    assert checks["objects_published"].passed and checks["objects_published"].metadata["unpublished"].value == 0
+    assert checks["objects_in_store"].passed
+    assert checks["objects_in_store"].metadata["images_checked"].value == PHOTOS
+
+    # An object deleted behind the catalogue's back: the spot check names it.
+    row = shard.rows("SELECT id::text AS id FROM images WHERE uploaded_at IS NOT NULL ORDER BY id LIMIT 1")[0]
+    lost = root / "thumbnail" / f"{row['id']}.webp"
+    lost.unlink()
+    with db.connect(shard.dsn) as conn:
+        spot = spot_check_objects(conn, SHARD, store, sample=PHOTOS)
+        assert object_gaps(conn, SHARD).gaps == 0  # the catalogue alone cannot see it
+    assert spot.checked == PHOTOS and spot.missing == [f"thumbnail/{row['id']}.webp"]
+
+    # The default rerun checks existence, puts the object back and the check passes again; a
+    # rerun without the existence check (SKIP_R2_HEAD) leaves the gap, and the check fails.
+    result = _materialize(shard, store)
+    assert result.success and lost.exists()
+    assert _check_evaluations(result)["objects_in_store"].passed
+    lost.unlink()
+    result = _materialize(shard, LocalObjectStore(root=str(root), existence_check="none"))
+    checks = _check_evaluations(result)
+    assert not lost.exists() and not checks["objects_in_store"].passed
+    assert checks["objects_in_store"].metadata["missing_keys"].value == [f"thumbnail/{row['id']}.webp"]

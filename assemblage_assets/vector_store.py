@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
+from assemblage_assets import settings
 from assemblage_assets.embedding_types import ProviderConfigError
 
 HNSW_MAX_DIM = 2000  # pgvector 0.6: HNSW indexes vectors up to 2,000 dimensions
@@ -34,38 +35,70 @@ def index_name(model: str) -> str:
     return f"image_embeddings_hnsw_{slug}_{hashlib.sha1(model.encode()).hexdigest()[:8]}"
 
 
-def ensure_model(conn: psycopg.Connection, model: str, provider: str, dim: int, source: str = "") -> str | None:
+def hnsw_params() -> tuple[int, int]:
+    """(m, ef_construction) of new indexes: ``INDEX_HNSW_M`` / ``INDEX_HNSW_EF_CONSTRUCTION``,
+    pgvector's defaults 16 / 64 unless set."""
+    return settings.env_int("INDEX_HNSW_M", 16), settings.env_int("INDEX_HNSW_EF_CONSTRUCTION", 64)
+
+
+def index_ddl(model: str, dim: int, name: str, *, concurrently: bool = False) -> sql.Composed:
+    """``CREATE INDEX`` of a model's partial HNSW cosine index (the expression and predicate
+    ``search.nearest`` queries with)."""
+    m, ef_construction = hnsw_params()
+    return sql.SQL(
+        "CREATE INDEX {concurrently} IF NOT EXISTS {name} ON image_embeddings USING hnsw "
+        "((embedding::vector({dim})) vector_cosine_ops) WITH (m = {m}, ef_construction = {ef}) WHERE model = {model}"
+    ).format(
+        concurrently=sql.SQL("CONCURRENTLY" if concurrently else ""), name=sql.Identifier(name),
+        dim=sql.Literal(int(dim)), m=sql.Literal(m), ef=sql.Literal(ef_construction), model=sql.Literal(model),
+    )
+
+
+def defer_index() -> bool:
+    """Bulk-load mode (``EMBED_DEFER_INDEX=1``): new models get no index until finalize."""
+    return settings.env_bool("EMBED_DEFER_INDEX", False)
+
+
+def ensure_model(
+    conn: psycopg.Connection, model: str, provider: str, dim: int, source: str = "", *, defer: bool | None = None
+) -> str | None:
     """Register the model and create its HNSW index on first use; returns the index name
-    (None above pgvector's HNSW dimension limit: search then scans). Refuses a second
-    dimension for a model id already stored."""
+    (None above pgvector's HNSW dimension limit, or while the index is deferred: search then
+    scans). Refuses a second dimension for a model id already stored.
+
+    In bulk-load mode (``defer``, default ``EMBED_DEFER_INDEX``) a new model is recorded as
+    ``deferred`` and no index is created: every insert into an HNSW index walks the graph, so
+    building once at the end (``vector_index.finalize``) is far cheaper. A deferred model stays
+    deferred, whatever the mode of later runs, until finalize builds its index.
+    """
+    defer = defer_index() if defer is None else defer
     cur = conn.cursor(row_factory=dict_row)
-    known = cur.execute("SELECT dim, index_name FROM embedding_models WHERE model = %s", (model,)).fetchone()
+    known = cur.execute(
+        "SELECT dim, index_name, index_state FROM embedding_models WHERE model = %s", (model,)
+    ).fetchone()
     if known is not None:
         if known["dim"] != dim:
             raise ProviderConfigError(
                 f"model {model!r} already has {known['dim']}-d vectors stored, the provider now gives {dim}-d; "
                 "give the new model its own id"
             )
-        if known["index_name"] is None or _index_exists(conn, known["index_name"]):
+        if known["index_state"] != "ready" or _index_exists(conn, known["index_name"]):
             return known["index_name"]
     name = index_name(model) if dim <= HNSW_MAX_DIM else None
+    state = "unsupported" if name is None else "deferred" if defer else "ready"
     with conn.transaction():
         # Two runs starting the same new model must not race on CREATE INDEX.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INDEX_LOCK_KEY,))
-        if name is not None:
-            conn.execute(
-                sql.SQL(
-                    "CREATE INDEX IF NOT EXISTS {name} ON image_embeddings USING hnsw "
-                    "((embedding::vector({dim})) vector_cosine_ops) WHERE model = {model}"
-                ).format(name=sql.Identifier(name), dim=sql.Literal(int(dim)), model=sql.Literal(model))
-            )
+        if state == "ready":
+            conn.execute(index_ddl(model, dim, name))
         conn.execute(
-            """INSERT INTO embedding_models (model, provider, dim, source, index_name) VALUES (%s, %s, %s, %s, %s)
-               ON CONFLICT (model) DO UPDATE SET index_name = EXCLUDED.index_name,
+            """INSERT INTO embedding_models (model, provider, dim, source, index_name, index_state)
+               VALUES (%s, %s, %s, %s, %s, %s)
+               ON CONFLICT (model) DO UPDATE SET index_name = EXCLUDED.index_name, index_state = EXCLUDED.index_state,
                    source = COALESCE(NULLIF(EXCLUDED.source, ''), embedding_models.source)""",
-            (model, provider, dim, source, name),
+            (model, provider, dim, source, None if state == "deferred" else name, state),
         )
-    return name
+    return None if state == "deferred" else name
 
 
 def _index_exists(conn: psycopg.Connection, name: str) -> bool:
@@ -172,5 +205,5 @@ def stored_vector(conn: psycopg.Connection, image_id: str, model: str) -> np.nda
 
 def model_info(conn: psycopg.Connection, model: str) -> dict | None:
     return conn.cursor(row_factory=dict_row).execute(
-        "SELECT model, provider, dim, source, index_name FROM embedding_models WHERE model = %s", (model,)
+        "SELECT model, provider, dim, source, index_name, index_state FROM embedding_models WHERE model = %s", (model,)
     ).fetchone()

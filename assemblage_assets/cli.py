@@ -284,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_embedding_commands(sub, default_images)
 
+    from assemblage_assets.index_cli import add_commands as add_index_commands
+
+    add_index_commands(sub)
+
     p = sub.add_parser("demo", help="what `make run` does: sample data if empty, ingest and embed all, summary")
     p.add_argument("--images-dir", default=default_images)
     p.add_argument(

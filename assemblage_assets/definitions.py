@@ -5,7 +5,14 @@ import dagster as dg
 from assemblage_assets.embedding_assets import embeddings
 from assemblage_assets.embedding_sensor import missing_embeddings_sensor
 from assemblage_assets.image_assets import derivatives, raw_files
-from assemblage_assets.jobs import embed_shard_job, ingest_shard_job, publish_shard_job, vehicle_backfill_job
+from assemblage_assets.index_assets import vector_index
+from assemblage_assets.jobs import (
+    embed_shard_job,
+    finalize_index_job,
+    ingest_shard_job,
+    publish_shard_job,
+    vehicle_backfill_job,
+)
 from assemblage_assets.object_assets import r2_objects
 from assemblage_assets.shard_sensor import image_shards_sensor
 from assemblage_assets.vehicle_assets import vehicle_image_backfill
@@ -50,8 +57,8 @@ def vehicles_defs() -> dg.Definitions:
 def embeddings_defs() -> dg.Definitions:
     """Vectors per image from the configured provider, kept complete by a sensor and the retry queue."""
     return dg.Definitions(
-        assets=[embeddings],
-        jobs=[embed_shard_job],
+        assets=[embeddings, vector_index],
+        jobs=[embed_shard_job, finalize_index_job],
         sensors=[missing_embeddings_sensor],
         schedules=[retry_queue_schedule],
     )

@@ -4,6 +4,7 @@ import dagster as dg
 
 from assemblage_assets.embedding_assets import embeddings
 from assemblage_assets.image_assets import derivatives, raw_files
+from assemblage_assets.index_assets import vector_index
 from assemblage_assets.object_assets import r2_objects
 from assemblage_assets.vehicle_assets import vehicle_image_backfill
 
@@ -30,4 +31,11 @@ embed_shard_job = dg.define_asset_job(
     name="embed_shard_job",
     selection=dg.AssetSelection.assets(embeddings),
     description="Give a shard's processed images a vector from the configured embedding provider.",
+)
+
+finalize_index_job = dg.define_asset_job(
+    name="finalize_index_job",
+    selection=dg.AssetSelection.assets(vector_index),
+    description="Finalize a bulk load: build each model's deferred, missing or invalid HNSW index once, "
+    "then VACUUM ANALYZE image_embeddings.",
 )

@@ -10,6 +10,7 @@ from assemblage_assets.embedding_types import ProviderConfigError
 from assemblage_assets.metadata import stage_metadata
 from assemblage_assets.object_assets import r2_objects
 from assemblage_assets.partitions import image_shards_partitions_def
+from assemblage_assets.queues import gpu_op_tags
 from resources.database import PostgresResource
 from resources.embedding import POOLS, EmbeddingResource, provider_from_env
 from resources.image_library import ImageLibraryResource
@@ -65,6 +66,7 @@ def build_embeddings_asset(provider: str) -> dg.AssetsDefinition:
         group_name="embeddings",
         kinds={KINDS[provider], "postgres"},
         pool=POOLS[provider],
+        op_tags=gpu_op_tags(),  # the celery job sends this step to GPU workers
         retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
         check_specs=[
             dg.AssetCheckSpec("embedding_count", asset="embeddings",

@@ -7,6 +7,7 @@ from assemblage_assets import catalog
 from assemblage_assets.ingest import derive_shard, scan_shard
 from assemblage_assets.metadata import palette_table, stage_metadata
 from assemblage_assets.partitions import image_shards_partitions_def
+from assemblage_assets.queues import cpu_op_tags
 from assemblage_assets.shards import resolve_shard
 from resources.database import PostgresResource
 from resources.image_library import ImageLibraryResource
@@ -16,6 +17,7 @@ from resources.image_library import ImageLibraryResource
     partitions_def=image_shards_partitions_def,
     group_name="images",
     kinds={"python", "postgres"},
+    op_tags=cpu_op_tags(),
 )
 def raw_files(
     context: dg.AssetExecutionContext, database: PostgresResource, library: ImageLibraryResource
@@ -45,6 +47,7 @@ def raw_files(
     deps=[raw_files],
     group_name="images",
     kinds={"python", "pillow"},
+    op_tags=cpu_op_tags(),
 )
 def derivatives(
     context: dg.AssetExecutionContext, database: PostgresResource, library: ImageLibraryResource

@@ -7,6 +7,7 @@ from assemblage_assets.image_assets import derivatives
 from assemblage_assets.metadata import stage_metadata
 from assemblage_assets.partitions import image_shards_partitions_def
 from assemblage_assets.publish import RATE_KEY, publish_shard
+from assemblage_assets.queues import cpu_op_tags
 from assemblage_assets.shard_checks import DEFAULT_SPOT_CHECK, object_gaps, spot_check_objects
 from resources.database import PostgresResource
 from resources.image_library import ImageLibraryResource
@@ -19,6 +20,7 @@ from resources.object_store import ObjectStore, StoreConfigError, TransientStore
     group_name="images",
     kinds={"s3"},
     pool="r2",
+    op_tags=cpu_op_tags(),
     # Whole-step retries for outages longer than the client's own retries; a rerun only
     # uploads what is still missing.
     retry_policy=dg.RetryPolicy(

@@ -31,6 +31,7 @@ embed_shard_job = dg.define_asset_job(
     name="embed_shard_job",
     selection=dg.AssetSelection.assets(embeddings),
     description="Give a shard's processed images a vector from the configured embedding provider.",
+    tags={"assemblage/stage": "embeddings"},  # the run queue caps these runs (instance_config.STAGE_TAG)
 )
 
 finalize_index_job = dg.define_asset_job(

@@ -86,15 +86,22 @@ class Paths:
         return cls(assemblage_home())
 
 
-def ensure_dagster_home() -> Path:
-    """Point ``DAGSTER_HOME`` at the project state folder unless the user set it."""
+def ensure_dagster_home(sync_pools: bool = True) -> Path:
+    """Point ``DAGSTER_HOME`` at the project state folder unless the user set it, and render its
+    ``dagster.yaml`` (storage, run queue, concurrency) unless the user owns that file.
+
+    ``sync_pools`` also writes the per-pool slot limits into the instance storage (they live
+    there, not in the yaml).
+    """
+    from assemblage_assets import instance_config
+
     configured = env_str("DAGSTER_HOME")
     path = Path(configured) if configured else Paths.from_env().dagster_home
     path.mkdir(parents=True, exist_ok=True)
-    config = path / "dagster.yaml"
-    if not config.exists():
-        # Dagster's defaults (SQLite storage in this folder) are right for a local instance;
-        # the file only says so, which also silences Dagster's "no dagster.yaml" notice.
-        config.write_text("# Dagster instance of Assemblage: default local storage in this folder.\n")
     os.environ["DAGSTER_HOME"] = str(path)
+    if instance_config.write_config(path) and sync_pools:
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            instance_config.sync_pool_limits(instance)
     return path

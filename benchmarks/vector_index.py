@@ -12,7 +12,8 @@ index that is already there, for 768-d vectors in the embedded Postgres (pgvecto
                  1M index) and the full load is extrapolated from its per-row rate: an upper-ish
                  estimate, since earlier rows go into a smaller graph
     memory       (100k) the same build with maintenance_work_mem too small for the graph (pgvector
-                 then finishes on disk) and serially (0 workers), against the sized parallel build
+                 then finishes on disk), serially (0 workers) and as a plain (blocking) CREATE
+                 INDEX, against the sized parallel CONCURRENTLY build
     recall       recall@10 of the index against exact search on 200 queries, at hnsw.ef_search 40
                  (default) and 100; index size on disk
 
@@ -195,7 +196,7 @@ def incremental_slice(dsn: str, rows: int, slice_rows: int, cents: np.ndarray) -
             "extrapolated_seconds": round(rows * seconds / slice_rows, 1)}
 
 
-def rebuild(dsn: str, label: str, env: dict[str, str]) -> dict:
+def rebuild(dsn: str, label: str, env: dict[str, str], concurrently: bool = True) -> dict:
     """Drop the bulk index and build again through finalize with ``env`` set."""
     from assemblage_assets import db, vector_index, vector_store
 
@@ -205,7 +206,7 @@ def rebuild(dsn: str, label: str, env: dict[str, str]) -> dict:
         with db.connect(dsn) as conn:
             conn.execute(f'DROP INDEX IF EXISTS "{vector_store.index_name(MODEL)}"')
             conn.execute("UPDATE embedding_models SET index_state = 'deferred', index_name = NULL")
-            built = vector_index.finalize(conn).models[0]
+            built = vector_index.finalize(conn, concurrently=concurrently).models[0]
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -220,7 +221,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--slice", type=int, default=0, help="measure incremental on a slice only (default: in full up to 200k)")
     parser.add_argument("--small-mem", default="64MB", help="maintenance_work_mem too small for the graph (100k: ~380 MB)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory/workers variants")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory/workers/blocking variants")
+    parser.add_argument("--skip-incremental", action="store_true", help="bulk, recall and build variants only")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -251,22 +253,25 @@ def main() -> None:
                 "small_mem": rebuild(bulk_dsn, "small maintenance_work_mem", {"INDEX_MAINTENANCE_WORK_MEM": args.small_mem}),
                 "serial": rebuild(bulk_dsn, "serial build", {"INDEX_PARALLEL_WORKERS": "0"}),
                 "sized_parallel": rebuild(bulk_dsn, "sized parallel build", {}),
+                "blocking": rebuild(bulk_dsn, "plain CREATE INDEX (not CONCURRENTLY)", {}, concurrently=False),
             }
             m = result["memory"]
             m["small_mem_vs_sized"] = round(m["small_mem"]["build_seconds"] / m["sized_parallel"]["build_seconds"], 2)
             m["serial_vs_parallel"] = round(m["serial"]["build_seconds"] / m["sized_parallel"]["build_seconds"], 2)
-        if args.slice:
-            inc = result["incremental"] = incremental_slice(bulk_dsn, args.rows, args.slice, cents)
-            inc_total = inc["extrapolated_seconds"]
-        else:
-            inc = result["incremental"] = incremental_full(server, args.rows, cents, ids)
-            inc_total = inc["total_seconds"]
-        print(json.dumps(inc), flush=True)
-        b = result["bulk"]
-        result["ratios"] = {
-            "incremental_vs_bulk_total": round(inc_total / b["total_seconds"], 2),
-            "incremental_vs_bulk_build_only": round(inc_total / b["build_seconds"], 2),
-        }
+            m["concurrently_vs_blocking"] = round(m["sized_parallel"]["build_seconds"] / m["blocking"]["build_seconds"], 2)
+        if not args.skip_incremental:
+            if args.slice:
+                inc = result["incremental"] = incremental_slice(bulk_dsn, args.rows, args.slice, cents)
+                inc_total = inc["extrapolated_seconds"]
+            else:
+                inc = result["incremental"] = incremental_full(server, args.rows, cents, ids)
+                inc_total = inc["total_seconds"]
+            print(json.dumps(inc), flush=True)
+            b = result["bulk"]
+            result["ratios"] = {
+                "incremental_vs_bulk_total": round(inc_total / b["total_seconds"], 2),
+                "incremental_vs_bulk_build_only": round(inc_total / b["build_seconds"], 2),
+            }
     finally:
         db.stop_embedded(pgdata)
         if args.workdir is None:

@@ -36,6 +36,16 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dagster_config(args: argparse.Namespace) -> int:
+    from assemblage_assets import instance_config
+
+    if args.write:
+        home = settings.ensure_dagster_home()  # also sets the per-pool limits in the instance
+        print(f"{home / 'dagster.yaml'}", file=sys.stderr)
+    print(instance_config.render_yaml(), end="")
+    return 0
+
+
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from assemblage_assets.sample_data import write_sample_tree
 
@@ -287,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     from assemblage_assets.index_cli import add_commands as add_index_commands
 
     add_index_commands(sub)
+
+    p = sub.add_parser("dagster-config", help="print the dagster.yaml rendered from the environment (storage, queue, limits)")
+    p.add_argument("--write", action="store_true", help="also write it to DAGSTER_HOME (unless user-owned) and set pool limits")
+    p.set_defaults(func=cmd_dagster_config)
 
     p = sub.add_parser("demo", help="what `make run` does: sample data if empty, ingest and embed all, summary")
     p.add_argument("--images-dir", default=default_images)

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ASSEMBLAGE_HOME ?= $(CURDIR)/.assemblage
 export DAGSTER_HOME ?= $(ASSEMBLAGE_HOME)/dagster
 
-.PHONY: install run test ui status stop clean lint
+.PHONY: install run test ui status stop clean lint screenshot
 
 # Reinstall only when the dependency list or the constraints change.
 $(STAMP): pyproject.toml constraints.txt
@@ -27,7 +27,11 @@ test: install  ## the whole test suite against the embedded Postgres
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 for the same code location and instance
 	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/assemblage dagster-config --write >/dev/null  # dagster.yaml: storage, run queue, limits
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+screenshot: install  ## docs/img/asset-graph.png from a running UI on sample data (needs chromium)
+	$(BIN)/python docs/screenshot_ui.py
 
 status: install
 	$(BIN)/assemblage status

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assemblage_assets.distributed import distributed_defs
 from assemblage_assets.embedding_assets import embeddings
 from assemblage_assets.embedding_sensor import missing_embeddings_sensor
 from assemblage_assets.image_assets import derivatives, raw_files
@@ -66,5 +67,9 @@ def embeddings_defs() -> dg.Definitions:
 
 # Only one Definitions object may live at module scope: per-area ones are built by functions.
 defs = dg.Definitions.merge(
-    images_defs(), vehicles_defs(), embeddings_defs(), dg.Definitions(resources=build_resources())
+    images_defs(),
+    vehicles_defs(),
+    embeddings_defs(),
+    distributed_defs(),  # the celery job, when the celery extra is installed
+    dg.Definitions(resources=build_resources()),
 )

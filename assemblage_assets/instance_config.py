@@ -77,6 +77,7 @@ def render_config() -> dict[str, Any]:
         },
     }
     config["telemetry"] = {"enabled": False}
+    config["nux"] = {"enabled": False}  # no newsletter/onboarding modal over the UI of an operated instance
     return config
 
 

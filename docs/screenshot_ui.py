@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlencode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -26,6 +27,13 @@ from dagster_ui import DagsterUI  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PAGE = "/asset-groups"  # Dagster 1.13: the global asset lineage (all groups of all locations)
+
+
+def expanded_groups_query(location: dict) -> str:
+    """``?expanded=`` opening every group: the global graph otherwise shows groups collapsed.
+    Group ids are ``global@global:<group>`` (the UI's id without per-location groups)."""
+    groups = sorted({n["groupName"] for r in location["repositories"] for n in r["assetNodes"] if n["groupName"]})
+    return "?" + urlencode({"expanded": ",".join(f"global@global:{g}" for g in groups)})
 
 
 def chromium_screenshot(url: str, out: Path, budget_ms: int, profile: Path) -> None:
@@ -73,10 +81,11 @@ def main() -> int:
         if not args.no_ingest:
             cli("ingest")
         ui = DagsterUI(env, work / "dagster-dev.log")
-        ui.wait_until_loaded()
+        entry = ui.wait_until_loaded()
+        url = ui.url + PAGE + expanded_groups_query(entry["locationOrLoadError"])
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        chromium_screenshot(ui.url + PAGE, args.out.resolve(), args.budget_ms, work / "chromium-profile")
-        print(f"wrote {args.out} from {ui.url}{PAGE}")
+        chromium_screenshot(url, args.out.resolve(), args.budget_ms, work / "chromium-profile")
+        print(f"wrote {args.out} from {url}")
     finally:
         if ui is not None:
             ui.stop()

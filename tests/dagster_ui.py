@@ -109,7 +109,7 @@ query {
               name
               sensors { name }
               schedules { name }
-              assetNodes { assetKey { path } }
+              assetNodes { assetKey { path } groupName }
             }
           }
         }

@@ -7,6 +7,7 @@ belongs to the user and is left alone.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import yaml
 from assemblage_assets import settings
 
 MANAGED_HEADER = "# managed by assemblage: regenerated from the environment, edits are lost (remove this line to own the file)"
+# What ensure_dagster_home wrote before this module existed: also ours, upgraded in place.
+LEGACY_PLACEHOLDER = "# Dagster instance of Assemblage: default local storage in this folder.\n"
 STAGE_TAG = "assemblage/stage"  # run tag of the embedding jobs; the run queue limits it
 EMBED_STAGE = "embeddings"
 
@@ -89,10 +92,10 @@ def render_yaml() -> str:
 
 def is_managed(path: Path) -> bool:
     try:
-        with path.open(encoding="utf-8") as fh:
-            return fh.readline().rstrip("\n") == MANAGED_HEADER
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return True
+    return text.split("\n", 1)[0] == MANAGED_HEADER or text == LEGACY_PLACEHOLDER
 
 
 def write_config(dagster_home: Path) -> bool:
@@ -103,9 +106,11 @@ def write_config(dagster_home: Path) -> bool:
         return False
     text = render_yaml()
     if not path.exists() or path.read_text(encoding="utf-8") != text:
-        tmp = path.with_suffix(".yaml.tmp")
+        # atomic, with a per-process temp name: concurrent commands and a webserver reading the
+        # file never see half of it
+        tmp = path.with_name(f".dagster.yaml.{os.getpid()}.tmp")
         tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)  # atomic: a webserver reading it never sees half a file
+        tmp.replace(path)
     return True
 
 

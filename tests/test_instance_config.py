@@ -113,3 +113,10 @@ def test_managed_file_is_regenerated(assemblage_env: dict[str, str], monkeypatch
     monkeypatch.setenv("DAGSTER_MAX_CONCURRENT_RUNS", "9")
     settings.ensure_dagster_home(sync_pools=False)
     assert yaml.safe_load((home / "dagster.yaml").read_text())["concurrency"]["runs"]["max_concurrent_runs"] == 9
+
+
+def test_placeholder_of_earlier_versions_is_upgraded(assemblage_env: dict[str, str]) -> None:
+    path = Path(assemblage_env["DAGSTER_HOME"]) / "dagster.yaml"
+    path.write_text(instance_config.LEGACY_PLACEHOLDER)
+    settings.ensure_dagster_home(sync_pools=False)
+    assert path.read_text().startswith(instance_config.MANAGED_HEADER)

@@ -32,6 +32,7 @@ Generated trees and the model are cached under ``--work`` (default
     .venv/bin/python benchmarks/end_to_end.py --quick                # 200 images, one round
     .venv/bin/python benchmarks/end_to_end.py                        # 1,000 images, 3 modes, 2 rounds
     .venv/bin/python benchmarks/end_to_end.py --images 10000 --modes direct,dagster --repeat 1
+    .venv/bin/python benchmarks/end_to_end.py --from-state   # re-summarise the last run of each mode
 """
 
 from __future__ import annotations
@@ -511,7 +512,7 @@ def main() -> None:
     server_dsn = db.start_embedded(work / "pgdata")
     busy = _cpu_busy()
     print(f"end to end: {args.images} photos {width}x{height} in {len(shards)} shard(s), modes {modes}, "
-          f"{args.repeat} round(s), cpus={os.cpu_count()}, CPU busy before start {busy:.0%}", flush=True)
+          f"{0 if args.from_state else args.repeat} round(s), cpus={os.cpu_count()}, CPU busy before start {busy:.0%}", flush=True)
     if busy is not None and busy > 0.1:
         print("warning: other processes use the CPU: figures will be slower than on an idle machine", flush=True)
     results = []

@@ -40,6 +40,8 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+from machine import cpu_busy  # benchmarks/ is on sys.path when a script runs
+
 ROTATED_EVERY = 3  # every third image carries EXIF orientation 6
 QUALITY = 90
 
@@ -179,21 +181,6 @@ def _pyvips_available() -> str | None:
         return None
 
 
-def _cpu_busy(seconds: float = 1.0) -> float | None:
-    """Share of all cores busy over ``seconds`` (Linux /proc/stat), before anything of ours runs."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
 def _spawn_variant(variant: str, src_dir: Path, work: Path, workers: int) -> dict[str, object]:
@@ -247,7 +234,7 @@ def main() -> None:
     )
     print(f"python {sys.version.split()[0]}; {vips or 'pyvips not installed'}")
 
-    busy = _cpu_busy()
+    busy = cpu_busy()
     if busy is not None and busy > 0.1:
         print(
             f"warning: {busy:.0%} of the CPU was busy before the start: other processes compete, "

@@ -52,6 +52,8 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+from machine import cpu_busy  # benchmarks/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parents[1]
 SHARD_SIZE = 1000
 QUALITY = 90
@@ -319,21 +321,6 @@ def child(mode: str, shards: list[str], out: Path) -> None:
 # --------------------------------------------------------------------------- parent
 
 
-def _cpu_busy(seconds: float = 1.0) -> float | None:
-    """Share of all cores busy over ``seconds`` (/proc/stat)."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:]]
-        return sum(values), values[3] + values[4]
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
 def _storage(dsn: str, state: Path, images: int) -> dict:
@@ -510,7 +497,7 @@ def main() -> None:
     if not (model / "modules.json").is_file():
         build_clip_checkpoint(model, "ViT-B-32", seed=0)
     server_dsn = db.start_embedded(work / "pgdata")
-    busy = _cpu_busy()
+    busy = cpu_busy()
     print(f"end to end: {args.images} photos {width}x{height} in {len(shards)} shard(s), modes {modes}, "
           f"{0 if args.from_state else args.repeat} round(s), cpus={os.cpu_count()}, CPU busy before start {busy:.0%}", flush=True)
     if busy is not None and busy > 0.1:

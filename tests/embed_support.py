@@ -23,6 +23,9 @@ from assemblage_assets.derive import DerivativeSpec
 from assemblage_assets.ingest import derive_shard, scan_shard
 from assemblage_assets.shards import discover_shards
 from assemblage_assets.tiny_clip import build_clip_checkpoint
+from resources.database import PostgresResource
+from resources.embedding import LocalClipEmbedding
+from resources.image_library import ImageLibraryResource
 
 _TINY_LOCK = threading.Lock()
 _TINY_CACHE: dict[str, Path] = {}
@@ -72,6 +75,15 @@ def ingest(dsn: str, images: Path, cache: Path) -> list[str]:
             derive_shard(conn, shard.key, cache_dir=cache, spec=DerivativeSpec(), workers=1)
             keys.append(shard.key)
     return keys
+
+
+def shard_resources(dsn: str, images: Path, cache: Path, tiny: Path) -> dict[str, Any]:
+    """The resources of the embeddings asset on the test database, tree, cache and tiny CLIP."""
+    return {
+        "database": PostgresResource(dsn=dsn),
+        "library": ImageLibraryResource(images_dir=str(images), derivative_cache_dir=str(cache)),
+        "embedding": LocalClipEmbedding(clip_model=str(tiny)),
+    }
 
 
 def image_ids(dsn: str, shard: str | None = None) -> dict[str, str]:

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from embed_support import image_ids, ingest, query, tiny_clip, write_tree
+from embed_support import image_ids, ingest, query, shard_resources, tiny_clip, write_tree
 
 from assemblage_assets import db, embed_queue
 from assemblage_assets.embed import embed_shard
 from assemblage_assets.embedding_assets import embeddings
 from assemblage_assets.embedding_sensor import evaluate, missing_embeddings_sensor
 from assemblage_assets.partitions import IMAGE_SHARDS
-from resources.database import PostgresResource
 from resources.embedding import LocalClipEmbedding
-from resources.image_library import ImageLibraryResource
 from schedules.retry_queue import retry_queue_schedule
 
 
@@ -35,11 +33,7 @@ def setup(tmp_path: Path, pg_dsn: str, tiny: Path, monkeypatch: pytest.MonkeyPat
     images = write_tree(tmp_path / "images", {"cars": ["orange", "blue"], "parks": ["green"], "mixed": ["white", "blue"]})
     cache = tmp_path / "cache"
     shards = ingest(pg_dsn, images, cache)
-    resources = {
-        "database": PostgresResource(dsn=pg_dsn),
-        "library": ImageLibraryResource(images_dir=str(images), derivative_cache_dir=str(cache)),
-        "embedding": LocalClipEmbedding(clip_model=str(tiny)),
-    }
+    resources = shard_resources(pg_dsn, images, cache, tiny)
     # A real (temporary) instance: schedules invoked with resources need its reference.
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:

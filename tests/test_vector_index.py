@@ -12,13 +12,11 @@ import dagster as dg
 import numpy as np
 import psycopg
 import pytest
-from embed_support import ingest, query, tiny_clip, write_tree
+from embed_support import ingest, query, shard_resources, tiny_clip, write_tree
 
 from assemblage_assets import db, search, vector_index, vector_store
 from assemblage_assets.partitions import IMAGE_SHARDS
 from resources.database import PostgresResource
-from resources.embedding import LocalClipEmbedding
-from resources.image_library import ImageLibraryResource
 
 MODEL, DIM, ROWS = "bulk-test", 32, 3000
 
@@ -185,11 +183,7 @@ def test_embeddings_in_bulk_mode_then_vector_index_asset_and_cli(
     images = write_tree(tmp_path / "src", {"cars": ["orange", "blue"], "parks": ["green"]})
     cache = tmp_path / "cache"
     shards = ingest(pg_dsn, images, cache)
-    resources = {
-        "database": PostgresResource(dsn=pg_dsn),
-        "library": ImageLibraryResource(images_dir=str(images), derivative_cache_dir=str(cache)),
-        "embedding": LocalClipEmbedding(clip_model=str(tiny)),
-    }
+    resources = shard_resources(pg_dsn, images, cache, tiny)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(IMAGE_SHARDS, shards)
         for shard in shards:

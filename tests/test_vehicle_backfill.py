@@ -336,28 +336,21 @@ def test_asset_materializes_one_organization_partition(conn, pg_dsn, server, tmp
     # A current instance (not just an ephemeral object): definition loading looks it up.
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(VEHICLE_ORGANIZATIONS, [ORG_A])
-        config = {"ops": {"vehicle_image_backfill": {"config": {"pause_seconds": 0, "dry_run": True}}}}
-        result = dg.materialize(
-            [vehicle_image_backfill],
-            partition_key=ORG_A,
-            instance=instance,
-            resources=_resources(pg_dsn, tmp_path),
-            run_config=config,
-        )
+
+        def run(dry_run: bool) -> dg.ExecuteInProcessResult:
+            config = {"pause_seconds": 0, "dry_run": dry_run}
+            return dg.materialize([vehicle_image_backfill], partition_key=ORG_A, instance=instance,
+                                  resources=_resources(pg_dsn, tmp_path),
+                                  run_config={"ops": {"vehicle_image_backfill": {"config": config}}})
+
+        result = run(dry_run=True)
         meta = result.asset_materializations_for_node("vehicle_image_backfill")[0].metadata
         assert meta["dry_run"].value is True and meta["would_fetch"].value == {
             a: [server.url("/img/500.jpg"), server.url("/status/404")]
         }
         assert images_of(conn, a) == []
 
-        config["ops"]["vehicle_image_backfill"]["config"]["dry_run"] = False
-        result = dg.materialize(
-            [vehicle_image_backfill],
-            partition_key=ORG_A,
-            instance=instance,
-            resources=_resources(pg_dsn, tmp_path),
-            run_config=config,
-        )
+        result = run(dry_run=False)
         assert result.success
         meta = result.asset_materializations_for_node("vehicle_image_backfill")[0].metadata
         assert (meta["vehicles_backfilled"].value, meta["images_stored"].value, meta["urls_failed"].value) == (1, 1, 1)

@@ -2,11 +2,10 @@
 
 import dagster as dg
 
-from assemblage_assets.distributed import distributed_defs
-from assemblage_assets.embedding_assets import embeddings
-from assemblage_assets.embedding_sensor import missing_embeddings_sensor
-from assemblage_assets.image_assets import derivatives, raw_files
-from assemblage_assets.index_assets import vector_index
+from assemblage_assets.embeddings.assets import embeddings, vector_index
+from assemblage_assets.embeddings.sensors import missing_embeddings_sensor
+from assemblage_assets.images.assets import derivatives, r2_objects, raw_files
+from assemblage_assets.images.sensors import image_shards_sensor
 from assemblage_assets.jobs import (
     embed_shard_job,
     finalize_index_job,
@@ -14,9 +13,8 @@ from assemblage_assets.jobs import (
     publish_shard_job,
     vehicle_backfill_job,
 )
-from assemblage_assets.object_assets import r2_objects
-from assemblage_assets.shard_sensor import image_shards_sensor
-from assemblage_assets.vehicle_assets import vehicle_image_backfill
+from assemblage_assets.platform.distributed import distributed_defs
+from assemblage_assets.vehicles.assets import vehicle_image_backfill
 from resources import embedding
 from resources.database import PostgresResource
 from resources.image_fetch import ImageFetchResource

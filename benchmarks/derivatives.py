@@ -9,7 +9,7 @@ same files:
                    image twice (preview and thumbnail), watermark the preview, palette of the
                    thumbnail, save -- the same outputs as assemblage, done the obvious way
     assemblage x1  ``derive.derive_image`` in a loop, one process
-    assemblage     the project's pool path, ``ingest._derive_all`` (what ``derive_shard`` runs)
+    assemblage     the project's pool path, ``images.derive.derive_all`` (what ``derive_shard`` runs)
     pyvips ...     the same outputs through libvips: ``pyvips.Image.thumbnail`` (shrink-on-load,
                    autorotate) to 1200, thumbnail that to 300, libvips' JPEG/WebP encoders; the
                    watermark and palette reuse the project's Pillow code (libvips has neither)
@@ -52,7 +52,7 @@ QUALITY = 90
 def _make_one(args: tuple[str, int, int, int]) -> int:
     from PIL import Image
 
-    from assemblage_assets.sample_data import make_photo, photo_exif
+    from assemblage_assets.dev.sample_data import make_photo, photo_exif
 
     path, width, height, seed = args
     img = make_photo(width, height, seed)
@@ -82,8 +82,9 @@ def generate(src_dir: Path, count: int, size: tuple[int, int], workers: int) -> 
 def _naive_one(path: str, out_dir: str, name: str) -> None:
     from PIL import Image, ImageOps
 
-    from assemblage_assets.derive import DerivativeSpec, dominant_colours
-    from assemblage_assets.watermark import apply_watermark
+    from assemblage_assets.core.imaging import DerivativeSpec
+    from assemblage_assets.images.derive import dominant_colours
+    from assemblage_assets.images.watermark import apply_watermark
 
     spec = DerivativeSpec()
     img = Image.open(path)
@@ -106,8 +107,9 @@ def _vips_one(path: str, out_dir: str, name: str) -> None:
     import pyvips
     from PIL import Image
 
-    from assemblage_assets.derive import DerivativeSpec, dominant_colours
-    from assemblage_assets.watermark import apply_watermark
+    from assemblage_assets.core.imaging import DerivativeSpec
+    from assemblage_assets.images.derive import dominant_colours
+    from assemblage_assets.images.watermark import apply_watermark
 
     def to_pil(img: pyvips.Image) -> Image.Image:
         return Image.fromarray(np.ndarray(buffer=img.write_to_memory(), dtype=np.uint8, shape=[img.height, img.width, img.bands]))
@@ -141,12 +143,12 @@ def _run_variant(variant: str, src_dir: Path, out_dir: Path, workers: int) -> di
         for path in files:
             _naive_one(path, str(out_dir), Path(path).stem)
     elif variant in ("assemblage-1", "assemblage-pool"):
-        from assemblage_assets.derive import DerivativeSpec
-        from assemblage_assets.ingest import _derive_all
+        from assemblage_assets.core.imaging import DerivativeSpec
+        from assemblage_assets.images.derive import derive_all
 
         jobs = ((Path(p).stem, p) for p in files)
         n = 1 if variant == "assemblage-1" else workers
-        results = list(_derive_all(iter(jobs), out_dir, DerivativeSpec(), n))
+        results = list(derive_all(iter(jobs), out_dir, DerivativeSpec(), n))
         ok = sum(r.ok for r in results)
     elif variant == "pyvips-1":
         _vips_init(1)
@@ -259,7 +261,7 @@ def main() -> None:
         labels = {
             "naive": "naive Pillow (1 process)",
             "assemblage-1": "assemblage derive_image (1 process)",
-            "assemblage-pool": f"assemblage _derive_all ({args.workers} processes)",
+            "assemblage-pool": f"assemblage derive_all ({args.workers} processes)",
             "pyvips-1": "pyvips (1 process, 1 thread)",
             "pyvips-threads": f"pyvips (1 process, {args.workers} threads)",
             "pyvips-pool": f"pyvips ({args.workers} processes)",

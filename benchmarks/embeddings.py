@@ -14,7 +14,7 @@ same ``load_clip`` path as ``CLIP_MODEL``: the compute per image is that of the 
                  without it (every 12 MP source decoded, JPEG DCT-domain downscale)
     sequential   decode (sources), preprocess and model one after the other in one thread (no
                  overlap), to show what the overlap buys
-    writes       100,000 768-d vectors into ``image_embeddings``: ``vector_store.write_vectors``
+    writes       100,000 768-d vectors into ``image_embeddings``: ``vectors.write_vectors``
                  (binary COPY) in one call and in batches of EMBED_BATCH_SIZE (the stage's
                  pattern), vs one INSERT per row (``write_vectors_rowwise``)
 
@@ -43,7 +43,7 @@ ARCHS = {"ViT-B-32": 512, "ViT-L-14": 768}
 
 
 def _make_one(args: tuple[str, int, int, int]) -> int:
-    from assemblage_assets.sample_data import make_photo
+    from assemblage_assets.dev.sample_data import make_photo
 
     path, width, height, seed = args
     make_photo(width, height, seed).save(path, "JPEG", quality=90)
@@ -58,7 +58,7 @@ def generate(src: Path, count: int, size: tuple[int, int]) -> list[Path]:
 
 
 def _database(work: Path) -> str:
-    from assemblage_assets import db
+    from assemblage_assets.core import db
 
     dsn = db.start_embedded(work / "pgdata")
     db.migrate(dsn)
@@ -68,14 +68,15 @@ def _database(work: Path) -> str:
 def _register(dsn: str, shard: str, files: list[Path], where: Path, cache: Path) -> None:
     """Rows and derivatives as ``derivatives`` leaves them: one processed path per image (a
     symlink per shard), thumbnail and preview in ``cache``."""
-    from assemblage_assets import db
-    from assemblage_assets.derive import DerivativeSpec, preview_key, thumbnail_key
-    from assemblage_assets.ingest import _derive_all
+    from assemblage_assets.constants import preview_key, thumbnail_key
+    from assemblage_assets.core import db
+    from assemblage_assets.core.imaging import DerivativeSpec
+    from assemblage_assets.images.derive import derive_all
 
     folder = where / shard
     folder.mkdir(parents=True)
     ids = {path: str(uuid.uuid4()) for path in files}
-    derived = list(_derive_all(iter((ids[p], str(p)) for p in files), cache, DerivativeSpec(), os.cpu_count() or 1))
+    derived = list(derive_all(iter((ids[p], str(p)) for p in files), cache, DerivativeSpec(), os.cpu_count() or 1))
     assert all(d.ok for d in derived)
     with db.connect(dsn) as conn, conn.cursor() as cur:
         for path, image_id in ids.items():
@@ -96,11 +97,12 @@ def _register(dsn: str, shard: str, files: list[Path], where: Path, cache: Path)
 def bench_model(
     arch: str, models: Path, files: list[Path], batch: int, n_single: int, dsn: str, device: str | None, repeats: int
 ) -> dict:
-    from assemblage_assets import db, embed
-    from assemblage_assets.clip_model import ClipEncoder, decode_for_clip
-    from assemblage_assets.tags import PROMPT, load_vocabulary
-    from assemblage_assets.tiny_clip import build_clip_checkpoint
+    from assemblage_assets import embed
+    from assemblage_assets.core import db
+    from assemblage_assets.dev.tiny_clip import build_clip_checkpoint
+    from assemblage_assets.embeddings.tags import PROMPT, load_vocabulary
     from resources.embedding import LocalClipEmbedding
+    from resources.embedding.clip_encoder import ClipEncoder, decode_for_clip
 
     started = time.perf_counter()
     path = build_clip_checkpoint(models / arch, arch, seed=0)
@@ -181,7 +183,8 @@ def bench_model(
 def bench_writes(dsn: str, rows: int, batch: int, dim: int = 768) -> dict:
     import numpy as np
 
-    from assemblage_assets import db, vector_store
+    from assemblage_assets.core import db
+    from assemblage_assets.embeddings import vectors as vector_store
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((rows, dim), dtype=np.float32)
@@ -280,7 +283,7 @@ def main() -> None:
             print(f"COPY is {w['copy_vs_row_insert']:.1f}x row INSERT "
                   f"({w['copy_batched_vs_row_insert']:.1f}x in batches of {args.batch})")
     finally:
-        from assemblage_assets import db
+        from assemblage_assets.core import db
 
         db.stop_embedded(work / "pgdata")
         shutil.rmtree(work, ignore_errors=True)

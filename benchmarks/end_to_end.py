@@ -65,7 +65,7 @@ DEFAULT_WORK = Path(os.environ.get("ASSEMBLAGE_BENCH_DIR") or "/tmp/assemblage-b
 
 
 def _make_one(args: tuple[str, int, int, int]) -> None:
-    from assemblage_assets.sample_data import make_photo, photo_exif
+    from assemblage_assets.dev.sample_data import make_photo, photo_exif
 
     path, width, height, seed = args
     exif = photo_exif(make="Canon", model="Canon EOS R6", taken=datetime(2024, 1 + seed % 12, 1 + seed % 28, 12, 0, seed % 60),
@@ -148,7 +148,7 @@ class TreeSampler:
 
 def _run_direct(shards: list[str], timings: dict[str, list[tuple[float, float]]], log) -> dict:
     """The plain functions each asset calls, in the asset's order, without Dagster."""
-    from assemblage_assets import settings
+    from assemblage_assets.core import settings
     from resources.image_library import ImageLibraryResource
     from resources.object_store import ObjectStore
 
@@ -165,14 +165,17 @@ def _run_direct(shards: list[str], timings: dict[str, list[tuple[float, float]]]
 
 
 def _direct_shard(dsn: str, key: str, library, store, timings: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
-    from assemblage_assets import catalog, db, embed_queue
     from assemblage_assets import embedding_assets as ea
     from assemblage_assets import object_assets as oa
-    from assemblage_assets.embed import embed_shard
-    from assemblage_assets.embed_cost import run_cost
-    from assemblage_assets.ingest import derive_shard, scan_shard
-    from assemblage_assets.publish import publish_shard
-    from assemblage_assets.shards import resolve_shard
+    from assemblage_assets.core import db
+    from assemblage_assets.embeddings import retry_queue
+    from assemblage_assets.embeddings.embed import embed_shard
+    from assemblage_assets.embeddings.usage_log import run_cost
+    from assemblage_assets.images import catalog
+    from assemblage_assets.images.derive import derive_shard
+    from assemblage_assets.images.publish import publish_shard
+    from assemblage_assets.images.scan import scan_shard
+    from assemblage_assets.images.shards import resolve_shard
     from resources import embedding
 
     spans: dict[str, float] = {}
@@ -210,7 +213,7 @@ def _direct_shard(dsn: str, key: str, library, store, timings: dict[str, list[tu
         def embeddings():
             report = embed_shard(conn, key, provider, dsn=dsn, cache_dir=library.cache, run_id=None)
             run_cost(conn, "direct")
-            embed_queue.queue_counts(conn, report.model)
+            retry_queue.queue_counts(conn, report.model)
             ea._check_results(conn, key, provider)
             return report
 
@@ -245,10 +248,10 @@ def _run_dagster(shards: list[str], timings: dict[str, list[tuple[float, float]]
     instance of DAGSTER_HOME, as ``assemblage ingest``/``embed`` launch them (``launch.run_partition``)."""
     import dagster as dg
 
-    from assemblage_assets import settings
+    from assemblage_assets.cli.launch import QUIET_LOGGING, run_partition
+    from assemblage_assets.core import settings
     from assemblage_assets.definitions import defs
-    from assemblage_assets.launch import QUIET_LOGGING, run_partition
-    from assemblage_assets.shard_sensor import register_shards
+    from assemblage_assets.images.sensors import register_shards
 
     instance = dg.DagsterInstance.get()
     t0 = time.time()
@@ -278,8 +281,8 @@ def _run_cli(shards: list[str], timings: dict[str, list[tuple[float, float]]], l
     start, imports and definitions loading to what ``dagster`` mode measures."""
     import dagster as dg
 
-    from assemblage_assets import settings
-    from assemblage_assets.shard_sensor import register_shards
+    from assemblage_assets.core import settings
+    from assemblage_assets.images.sensors import register_shards
 
     instance = dg.DagsterInstance.get()
     register_shards(instance, settings.images_dir())
@@ -325,7 +328,7 @@ def child(mode: str, shards: list[str], out: Path) -> None:
 
 def _storage(dsn: str, state: Path, images: int) -> dict:
     """Database bytes per table and object store bytes per kind, per 1,000 images."""
-    from assemblage_assets import db
+    from assemblage_assets.core import db
 
     with db.connect(dsn) as conn:
         tables = {t: conn.execute("SELECT pg_total_relation_size(%s::regclass) AS n", (t,)).fetchone()["n"]
@@ -351,7 +354,7 @@ def _fresh_database(server_dsn: str, name: str) -> str:
     import psycopg
     from psycopg.conninfo import make_conninfo
 
-    from assemblage_assets import db
+    from assemblage_assets.core import db
 
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -490,8 +493,8 @@ def main() -> None:
 
     from psycopg.conninfo import make_conninfo
 
-    from assemblage_assets import db
-    from assemblage_assets.tiny_clip import build_clip_checkpoint
+    from assemblage_assets.core import db
+    from assemblage_assets.dev.tiny_clip import build_clip_checkpoint
 
     model = work / "models" / "ViT-B-32"
     if not (model / "modules.json").is_file():

@@ -56,7 +56,7 @@ print(f"{t1 - t0} {t2 - t1} {t3 - t2} {len(list(repo.asset_graph.get_all_asset_k
 
 def ensure_tree(root: Path, shards: int) -> None:
     """``shards`` folders of one 320x240 photo each, generated once."""
-    from assemblage_assets.sample_data import make_photo
+    from assemblage_assets.dev.sample_data import make_photo
 
     started = time.perf_counter()
     made = 0
@@ -98,9 +98,9 @@ def child(storage_urls: list[str], work: Path, repeat: int) -> dict:
 
     from assemblage_assets.definitions import defs  # noqa: F401 - timed: the code location's import
     imported = time.perf_counter() - t0
-    from assemblage_assets.embedding_sensor import missing_embeddings_sensor
+    from assemblage_assets.embeddings.sensors import missing_embeddings_sensor
+    from assemblage_assets.images.sensors import image_shards_sensor, register_shards, unregistered_shards
     from assemblage_assets.partitions import IMAGE_SHARDS, image_shards_partitions_def
-    from assemblage_assets.shard_sensor import image_shards_sensor, register_shards, unregistered_shards
     from resources.database import PostgresResource
     from resources.image_library import ImageLibraryResource
 
@@ -207,9 +207,9 @@ def _catalogue(server_dsn: str, tree: Path) -> str:
     import psycopg
     from psycopg.conninfo import make_conninfo
 
-    from assemblage_assets import db
-    from assemblage_assets.ingest import scan_shard
-    from assemblage_assets.shards import discover_shards
+    from assemblage_assets.core import db
+    from assemblage_assets.images.scan import scan_shard
+    from assemblage_assets.images.shards import discover_shards
 
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute('DROP DATABASE IF EXISTS "parts_catalogue" WITH (FORCE)')
@@ -259,7 +259,7 @@ def main() -> None:
     tree = work / f"tree-{args.shards}"
     ensure_tree(tree, args.shards)
 
-    from assemblage_assets import db
+    from assemblage_assets.core import db
 
     server_dsn = db.start_embedded(work / "pgdata")
     results: dict = {"date": datetime.now().isoformat(timespec="seconds"), "shards": args.shards,

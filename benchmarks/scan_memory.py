@@ -72,8 +72,8 @@ def _peak_mb() -> float:
 
 def _measure(mode: str, shard_dir: str) -> dict[str, float]:
     """Child process: import, note the peak so far, scan, report the new peak."""
-    from assemblage_assets.scan import iter_shard_files
-    from assemblage_assets.shards import Shard
+    from assemblage_assets.images.scan import iter_shard_files
+    from assemblage_assets.images.shards import Shard
 
     start_mb = _peak_mb()
     started = time.perf_counter()

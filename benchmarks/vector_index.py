@@ -1,7 +1,7 @@
 """HNSW index at scale: bulk load + one index build (the finalize step) vs inserting into an
 index that is already there, for 768-d vectors in the embedded Postgres (pgvector 0.6.2).
 
-    bulk         ``vector_store.write_vectors`` in 50,000-row COPYs into a model registered in
+    bulk         ``vectors.write_vectors`` in 50,000-row COPYs into a model registered in
                  bulk-load mode (no index), then ``vector_index.finalize`` (CREATE INDEX
                  CONCURRENTLY with maintenance_work_mem sized to the graph and cores - 1 parallel
                  workers), then its VACUUM ANALYZE: each timed
@@ -83,7 +83,7 @@ def new_database(server_dsn: str, name: str) -> str:
     import psycopg
     from psycopg.conninfo import make_conninfo
 
-    from assemblage_assets import db
+    from assemblage_assets.core import db
 
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -123,15 +123,17 @@ def recall(conn, ids: list[str], truth: np.ndarray, queries: np.ndarray, ef: int
 
 
 def bulk(server_dsn: str, rows: int, cents: np.ndarray, ids: list[str]) -> tuple[str, dict]:
-    from assemblage_assets import db, vector_index, vector_store
+    from assemblage_assets import vector_index
+    from assemblage_assets.core import db
+    from assemblage_assets.embeddings import vectors
 
     dsn = new_database(server_dsn, "bulk")
     with db.connect(dsn) as conn:
         add_images(conn, ids)
-        vector_store.ensure_model(conn, MODEL, "bench", DIM, defer=True)
+        vectors.ensure_model(conn, MODEL, "bench", DIM, defer=True)
         t0 = time.perf_counter()
         for start, vecs in chunks(rows, cents):
-            vector_store.write_vectors(conn, MODEL, "bench", ids[start : start + len(vecs)], vecs)
+            vectors.write_vectors(conn, MODEL, "bench", ids[start : start + len(vecs)], vecs)
         load = time.perf_counter() - t0
         print(f"bulk: {rows} rows loaded in {load:.1f} s", flush=True)
         report = vector_index.finalize(conn, log=lambda m: print("  " + m, flush=True))
@@ -147,22 +149,23 @@ def bulk(server_dsn: str, rows: int, cents: np.ndarray, ids: list[str]) -> tuple
 
 
 def insert_batches(conn, ids: list[str], vecs: np.ndarray) -> float:
-    from assemblage_assets import vector_store
+    from assemblage_assets.embeddings import vectors
 
     t0 = time.perf_counter()
     for i in range(0, len(ids), BATCH):
-        vector_store.write_vectors(conn, MODEL, "bench", ids[i : i + BATCH], vecs[i : i + BATCH])
+        vectors.write_vectors(conn, MODEL, "bench", ids[i : i + BATCH], vecs[i : i + BATCH])
     return time.perf_counter() - t0
 
 
 def incremental_full(server_dsn: str, rows: int, cents: np.ndarray, ids: list[str]) -> dict:
-    from assemblage_assets import db, vector_store
+    from assemblage_assets.core import db
+    from assemblage_assets.embeddings import vectors
 
     dsn = new_database(server_dsn, "incremental")
     tail = max(BATCH, rows // 20)
     with db.connect(dsn) as conn:
         add_images(conn, ids)
-        vector_store.ensure_model(conn, MODEL, "bench", DIM, defer=False)  # empty index first
+        vectors.ensure_model(conn, MODEL, "bench", DIM, defer=False)  # empty index first
         seconds = tail_seconds = 0.0
         for start, vecs in chunks(rows, cents):
             part = ids[start : start + len(vecs)]
@@ -184,7 +187,7 @@ def incremental_full(server_dsn: str, rows: int, cents: np.ndarray, ids: list[st
 
 def incremental_slice(dsn: str, rows: int, slice_rows: int, cents: np.ndarray) -> dict:
     """``slice_rows`` more rows into the finished ``rows``-row index; extrapolate to ``rows``."""
-    from assemblage_assets import db
+    from assemblage_assets.core import db
 
     extra = [str(uuid.uuid4()) for _ in range(slice_rows)]
     vecs = clustered(slice_rows, 777, cents)
@@ -198,13 +201,15 @@ def incremental_slice(dsn: str, rows: int, slice_rows: int, cents: np.ndarray) -
 
 def rebuild(dsn: str, label: str, env: dict[str, str], concurrently: bool = True) -> dict:
     """Drop the bulk index and build again through finalize with ``env`` set."""
-    from assemblage_assets import db, vector_index, vector_store
+    from assemblage_assets import vector_index
+    from assemblage_assets.core import db
+    from assemblage_assets.embeddings import vectors
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         with db.connect(dsn) as conn:
-            conn.execute(f'DROP INDEX IF EXISTS "{vector_store.index_name(MODEL)}"')
+            conn.execute(f'DROP INDEX IF EXISTS "{vectors.index_name(MODEL)}"')
             conn.execute("UPDATE embedding_models SET index_state = 'deferred', index_name = NULL")
             built = vector_index.finalize(conn, concurrently=concurrently).models[0]
     finally:
@@ -227,7 +232,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from assemblage_assets import db
+    from assemblage_assets.core import db
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hnsw-bench-"))
     work.mkdir(parents=True, exist_ok=True)

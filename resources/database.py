@@ -8,7 +8,7 @@ import dagster as dg
 import psycopg
 from pydantic import PrivateAttr
 
-from assemblage_assets import db
+from assemblage_assets.core import db
 
 
 class PostgresResource(dg.ConfigurableResource):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from assemblage_assets import settings
-from assemblage_assets.derive import DerivativeSpec
+from assemblage_assets.core import settings
+from assemblage_assets.core.imaging import DerivativeSpec
 
 
 class ImageLibraryResource(dg.ConfigurableResource):

@@ -4,8 +4,8 @@ rate limit), skipping shards that already have an embeddings run queued or in pr
 
 import dagster as dg
 
-from assemblage_assets import embed_queue
-from assemblage_assets.embedding_sensor import EMBED_JOB, partitions_with_waiting_runs
+from assemblage_assets.embeddings import retry_queue
+from assemblage_assets.embeddings.sensors import EMBED_JOB, partitions_with_waiting_runs
 from assemblage_assets.partitions import IMAGE_SHARDS
 from resources.database import PostgresResource
 from resources.embedding import active_model_id
@@ -24,7 +24,7 @@ def retry_queue_schedule(context: dg.ScheduleEvaluationContext, database: Postgr
     """Yields one run request per shard with due retries (at most ``MAX_RUNS_PER_TICK``)."""
     model = active_model_id()
     with database.connect() as conn:
-        due = embed_queue.due_shards(conn, model, limit=MAX_RUNS_PER_TICK * 4)
+        due = retry_queue.due_shards(conn, model, limit=MAX_RUNS_PER_TICK * 4)
     registered = set(context.instance.get_dynamic_partitions(IMAGE_SHARDS))
     busy = partitions_with_waiting_runs(context.instance)
     shards = [s for s in due if s in registered and s not in busy][:MAX_RUNS_PER_TICK]

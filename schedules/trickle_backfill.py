@@ -4,10 +4,12 @@ for each organization that has vehicles waiting."""
 from collections.abc import Iterable, Iterator
 
 import dagster as dg
-
-from assemblage_assets import settings, vehicles
 from assemblage_assets.jobs import vehicle_backfill_job
-from assemblage_assets.vehicle_assets import VEHICLE_ORGANIZATIONS, vehicle_image_backfill
+
+from assemblage_assets.core import settings
+from assemblage_assets.partitions import VEHICLE_ORGANIZATIONS
+from assemblage_assets.vehicles import backfill as vehicles
+from assemblage_assets.vehicles.assets import vehicle_image_backfill
 from resources.database import PostgresResource
 
 DEFAULT_CRON = "*/15 * * * *"

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from assemblage_assets import db
-from assemblage_assets.derive import DerivativeSpec
-from assemblage_assets.ingest import derive_shard, scan_shard
-from assemblage_assets.shards import discover_shards
-from assemblage_assets.tiny_clip import build_clip_checkpoint
+from assemblage_assets.core import db
+from assemblage_assets.core.imaging import DerivativeSpec
+from assemblage_assets.dev.tiny_clip import build_clip_checkpoint
+from assemblage_assets.images.derive import derive_shard
+from assemblage_assets.images.scan import scan_shard
+from assemblage_assets.images.shards import discover_shards
 from resources.database import PostgresResource
 from resources.embedding import LocalClipEmbedding
 from resources.image_library import ImageLibraryResource

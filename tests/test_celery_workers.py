@@ -21,9 +21,9 @@ import dagster as dg
 import pytest
 from embed_support import query, tiny_clip
 
-from assemblage_assets.distributed import JOB_NAME, celery_available
+from assemblage_assets.dev.sample_data import write_sample_tree
 from assemblage_assets.partitions import IMAGE_SHARDS
-from assemblage_assets.sample_data import write_sample_tree
+from assemblage_assets.platform.distributed import JOB_NAME, celery_available
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -134,7 +134,7 @@ def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, tu
             log = tmp_path / f"worker-{queue}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(
-                    [str(BIN / "celery"), "-A", "assemblage_assets.celery_app", "worker", "-Q", queue,
+                    [str(BIN / "celery"), "-A", "assemblage_assets.platform.celery_app", "worker", "-Q", queue,
                      "-n", f"{queue}@%h", "--pool", "solo", "--prefetch-multiplier", "1", "--loglevel", "INFO",
                      "--without-gossip", "--without-mingle", "--without-heartbeat"],
                     cwd=REPO_ROOT, env=worker_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,

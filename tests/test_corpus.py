@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
-from assemblage_assets import db
-from assemblage_assets.derive import DerivativeSpec
-from assemblage_assets.ingest import derive_shard, scan_shard
-from assemblage_assets.shards import resolve_shard
+from assemblage_assets.core import db
+from assemblage_assets.core.imaging import DerivativeSpec
+from assemblage_assets.images.derive import derive_shard
+from assemblage_assets.images.scan import scan_shard
+from assemblage_assets.images.shards import resolve_shard
 
 OK_FAMILY = {"ok", "ok-with-exif", "ok-gps", "ok-odd-mode", "animated"}
 

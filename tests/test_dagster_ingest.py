@@ -12,11 +12,11 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
-from assemblage_assets.image_assets import derivatives, raw_files
+from assemblage_assets.dev.sample_data import write_sample_tree
+from assemblage_assets.images.assets import derivatives, raw_files
+from assemblage_assets.images.sensors import image_shards_sensor
+from assemblage_assets.images.shards import ROOT_SHARD_KEY, shard_key
 from assemblage_assets.partitions import IMAGE_SHARDS
-from assemblage_assets.sample_data import write_sample_tree
-from assemblage_assets.shard_sensor import image_shards_sensor
-from assemblage_assets.shards import ROOT_SHARD_KEY, shard_key
 from resources.database import PostgresResource
 from resources.image_library import ImageLibraryResource
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops
 
-from assemblage_assets.derive import DerivativeSpec, derive_image, dominant_colours, to_display_mode
-from assemblage_assets.sample_data import make_photo
+from assemblage_assets.core.imaging import DerivativeSpec, to_display_mode
+from assemblage_assets.dev.sample_data import make_photo
+from assemblage_assets.images.derive import derive_image, dominant_colours
 
 
 def derive(tmp_path: Path, img: Image.Image, fmt: str, spec: DerivativeSpec | None = None, **save) -> tuple:

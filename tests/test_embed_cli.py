@@ -10,8 +10,12 @@ import dagster as dg
 import pytest
 from embed_support import FakeReplicate, ingest, query, tiny_clip, write_tree
 
-from assemblage_assets import cli, db, embed_cli, embed_queue
-from assemblage_assets.tiny_clip import TINY_MODEL_NAME, is_random_checkpoint
+from assemblage_assets import cli
+from assemblage_assets.cli import embeddings as embed_cli
+from assemblage_assets.core import db
+from assemblage_assets.dev.tiny_clip import TINY_MODEL_NAME
+from assemblage_assets.embeddings import retry_queue
+from resources.embedding.clip_encoder import is_random_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +71,7 @@ def test_embed_search_status_through_the_cli(
         (image_id,) = conn.execute("SELECT image_id::text AS id FROM image_embeddings LIMIT 1").fetchone().values()
         conn.execute("DELETE FROM image_embeddings WHERE image_id = %s", (image_id,))
         for _ in range(4):
-            embed_queue.record_failures(conn, "tiny-clip", "cars", [(image_id, "http-500", "provider exploded")])
+            retry_queue.record_failures(conn, "tiny-clip", "cars", [(image_id, "http-500", "provider exploded")])
     capsys.readouterr()
     assert cli.main(["status"]) == 0
     out = capsys.readouterr().out

@@ -12,10 +12,11 @@ import dagster as dg
 import pytest
 from embed_support import image_ids, ingest, query, shard_resources, tiny_clip, write_tree
 
-from assemblage_assets import db, embed_queue
-from assemblage_assets.embed import embed_shard
-from assemblage_assets.embedding_assets import embeddings
-from assemblage_assets.embedding_sensor import evaluate, missing_embeddings_sensor
+from assemblage_assets.core import db
+from assemblage_assets.embeddings import retry_queue
+from assemblage_assets.embeddings.assets import embeddings
+from assemblage_assets.embeddings.embed import embed_shard
+from assemblage_assets.embeddings.sensors import evaluate, missing_embeddings_sensor
 from assemblage_assets.partitions import IMAGE_SHARDS
 from resources.embedding import LocalClipEmbedding
 from schedules.retry_queue import retry_queue_schedule
@@ -129,7 +130,7 @@ def test_errored_and_waiting_images_are_left_to_the_queue(setup, pg_dsn: str) ->
         for shard in ("cars", "mixed"):
             embed_shard(conn, shard, resources["embedding"], dsn=pg_dsn, cache_dir=cache)
         (parks,) = image_ids(pg_dsn, "parks").values()
-        embed_queue.record_failures(conn, "tiny-clip", "parks", [(parks, "http-500", "boom")])
+        retry_queue.record_failures(conn, "tiny-clip", "parks", [(parks, "http-500", "boom")])
         requests, _, _ = evaluate(instance, conn, "tiny-clip", None)
         assert requests == []  # the retry is not due yet: the sensor leaves it to the schedule
         with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2024, 5, 1, 12, 5, tzinfo=UTC),

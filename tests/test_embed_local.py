@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 from embed_support import COLOURS, image_ids, ingest, photo, query, tiny_clip, write_tree
 
-from assemblage_assets import db, embed_queue, search
-from assemblage_assets.clip_model import decode_for_clip, load_clip
-from assemblage_assets.embed import count_candidates, embed_shard
-from assemblage_assets.embedding_types import ProviderConfigError
-from assemblage_assets.tags import load_vocabulary, normalize_tag, normalize_tags
-from assemblage_assets.tiny_clip import is_random_checkpoint
+from assemblage_assets import search
+from assemblage_assets.core import db
+from assemblage_assets.core.tags import normalize_tag, normalize_tags
+from assemblage_assets.embeddings import retry_queue
+from assemblage_assets.embeddings.embed import count_candidates, embed_shard
+from assemblage_assets.embeddings.tags import load_vocabulary
 from resources.embedding import LocalClipEmbedding
+from resources.embedding.clip_encoder import decode_for_clip, is_random_checkpoint, load_clip
+from resources.embedding.types import ProviderConfigError
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,7 @@ def test_a_bad_image_is_queued_with_backoff_then_errored_never_aborting(
     due_now()
     assert _embed(pg_dsn, "parks", provider, cache).counts["candidates"] == 0  # errored: left out
     with db.connect(pg_dsn) as conn:
-        assert embed_queue.reset_errors(conn, "tiny-clip") == 1
+        assert retry_queue.reset_errors(conn, "tiny-clip") == 1
         assert count_candidates(conn, "parks", "tiny-clip") == 1
     photo(COLOURS["white"]).save(images / "parks" / "white-1.jpg", quality=90)  # fixed
     assert _embed(pg_dsn, "parks", provider, cache).counts["embedded"] == 1

@@ -24,10 +24,10 @@ from embed_support import (
     write_tree,
 )
 
-from assemblage_assets import db
-from assemblage_assets.embed import embed_shard
-from assemblage_assets.embedding_types import ProviderConfigError
+from assemblage_assets.core import db
+from assemblage_assets.embeddings.embed import embed_shard
 from resources.embedding import DEFAULT_REPLICATE_MODEL, OpenAIEmbedding, ReplicateEmbedding
+from resources.embedding.types import ProviderConfigError
 
 PRICE_PER_SECOND = 0.001
 
@@ -194,7 +194,7 @@ def test_two_concurrent_runs_of_a_shard_pay_once_per_image(pg_dsn: str, tree: tu
 
 _RATE_CHILD = """
 import json, sys
-from assemblage_assets.rate_limit import RateLimiter
+from assemblage_assets.embeddings.rate_limit import RateLimiter
 limiter = RateLimiter(sys.argv[1], "replicate", 10, window_seconds=3600)
 print(json.dumps(sum(limiter.try_acquire() == 0.0 for _ in range(30))))
 """

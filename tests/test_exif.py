@@ -14,7 +14,7 @@ import pytest
 from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
-from assemblage_assets.exif import ExifSummary, extract_exif
+from assemblage_assets.images.exif import ExifSummary, extract_exif
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 MANIFEST = CORPUS / "MANIFEST.tsv"

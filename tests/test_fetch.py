@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from image_server import ImageServer, make_jpeg
 
-from assemblage_assets.fetch import (
+from resources.image_fetch.client import (
     DEFAULT_MAX_BYTES,
     AddressGuard,
     AllowList,

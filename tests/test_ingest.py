@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from assemblage_assets import db
-from assemblage_assets.derive import DerivativeSpec
-from assemblage_assets.ingest import derive_shard, scan_shard
-from assemblage_assets.probe import probe_file
-from assemblage_assets.sample_data import make_photo, photo_exif, write_sample_tree
-from assemblage_assets.shards import discover_shards, resolve_shard, shard_key
+from assemblage_assets.core import db
+from assemblage_assets.core.imaging import DerivativeSpec
+from assemblage_assets.dev.sample_data import make_photo, photo_exif, write_sample_tree
+from assemblage_assets.images.derive import derive_shard
+from assemblage_assets.images.probe import probe_file
+from assemblage_assets.images.scan import scan_shard
+from assemblage_assets.images.shards import discover_shards, resolve_shard, shard_key
 
 SPEC = DerivativeSpec()
 MAX_PIXELS = 120_000_000
@@ -218,9 +219,9 @@ def test_unreadable_files_are_recorded_as_failed(tmp_path: Path) -> None:
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from assemblage_assets import db
-from assemblage_assets.derive import DerivativeSpec
-from assemblage_assets.ingest import derive_shard
+from assemblage_assets.core import db
+from assemblage_assets.core.imaging import DerivativeSpec
+from assemblage_assets.images.derive import derive_shard
 with db.connect(sys.argv[1]) as conn:
     derive_shard(conn, sys.argv[2], cache_dir=Path(sys.argv[3]), spec=DerivativeSpec(), workers=1, commit_every=2)
 """

@@ -12,8 +12,9 @@ import yaml
 from dagster._core.instance.config import dagster_instance_config
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
-from assemblage_assets import instance_config, settings
+from assemblage_assets.core import settings
 from assemblage_assets.instance_storage import schema_url
+from assemblage_assets.platform import instance_config
 
 
 def test_rendered_yaml_validates_and_holds_no_secret(assemblage_env: dict[str, str], monkeypatch) -> None:

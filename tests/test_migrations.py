@@ -9,7 +9,7 @@ import sys
 
 import psycopg
 
-from assemblage_assets import db
+from assemblage_assets.core import db
 
 EXPECTED_TABLES = {"images", "processing_log", "schema_migrations"}
 

@@ -18,13 +18,14 @@ import pytest
 from psycopg.rows import dict_row
 from s3_loopback import SECRET_KEY, S3Env, Seen, set_moto_auth
 
-from assemblage_assets import db
-from assemblage_assets.ingest import derive_shard, scan_shard
-from assemblage_assets.object_assets import r2_objects
+from assemblage_assets.core import db
+from assemblage_assets.dev.sample_data import write_sample_tree
+from assemblage_assets.images.assets import r2_objects
+from assemblage_assets.images.derive import derive_shard
+from assemblage_assets.images.publish import publish_shard
+from assemblage_assets.images.scan import scan_shard
+from assemblage_assets.images.shards import resolve_shard
 from assemblage_assets.partitions import IMAGE_SHARDS
-from assemblage_assets.publish import publish_shard
-from assemblage_assets.sample_data import write_sample_tree
-from assemblage_assets.shards import resolve_shard
 from resources.database import PostgresResource
 from resources.image_library import ImageLibraryResource
 from resources.object_store import LocalObjectStore, ObjectStore
@@ -240,8 +241,8 @@ def test_an_outage_longer_than_the_retries_defers_images_without_failing_them(s3
 _KILLABLE = """
 import json, sys
 from pathlib import Path
-from assemblage_assets import db
-from assemblage_assets.publish import publish_shard
+from assemblage_assets.core import db
+from assemblage_assets.images.publish import publish_shard
 from resources.object_store import S3ObjectStore
 cfg = json.loads(sys.argv[1])
 store = S3ObjectStore(**cfg["s3"], bucket=cfg["bucket"], concurrency=2)
@@ -449,7 +450,7 @@ def _check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetC
 
 
 def test_asset_checks_report_unpublished_images_and_objects_missing_from_the_store(shard: Shard, tmp_path: Path) -> None:
-    from assemblage_assets.shard_checks import object_gaps, spot_check_objects
+    from assemblage_assets.images.checks import object_gaps, spot_check_objects
 
     root = tmp_path / "objects"
     store = LocalObjectStore(root=str(root))

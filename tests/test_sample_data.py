@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 from PIL.ExifTags import GPS, IFD, Base
 
-from assemblage_assets.sample_data import SampleTree, make_photo, photo_exif, write_sample_tree
+from assemblage_assets.dev.sample_data import SampleTree, make_photo, photo_exif, write_sample_tree
 
 SIZE = (480, 320)  # small photos keep the suite fast; layout is independent of size
 

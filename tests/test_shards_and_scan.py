@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from dagster._core.definitions.partitions.utils.base import raise_error_on_invalid_partition_key_substring
 
-from assemblage_assets.scan import iter_shard_files
-from assemblage_assets.shards import ROOT_SHARD_KEY, discover_shards, resolve_shard, shard_key
+from assemblage_assets.images.scan import iter_shard_files
+from assemblage_assets.images.shards import ROOT_SHARD_KEY, discover_shards, resolve_shard, shard_key
 
 NAMES = ["2024-01", "Ferien Sommer 2023", "東京 夜景", "a...b", "tab\there", "photos-deadbeef", ".hidden", "x" * 200]
 

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from dagster_ui import DagsterUI
 
-from assemblage_assets import settings
-from assemblage_assets.sample_data import SampleTree, write_sample_tree
-from assemblage_assets.shard_sensor import register_shards
-from assemblage_assets.shards import discover_shards
+from assemblage_assets.core import settings
+from assemblage_assets.dev.sample_data import SampleTree, write_sample_tree
+from assemblage_assets.images.sensors import register_shards
+from assemblage_assets.images.shards import discover_shards
 
 ASSETS = {"raw_files", "derivatives", "r2_objects", "embeddings", "vehicle_image_backfill"}
 SENSORS = {"image_shards_sensor", "missing_embeddings_sensor"}

@@ -14,7 +14,9 @@ import psycopg
 import pytest
 from embed_support import ingest, query, shard_resources, tiny_clip, write_tree
 
-from assemblage_assets import db, search, vector_index, vector_store
+from assemblage_assets import search, vector_index
+from assemblage_assets.core import db
+from assemblage_assets.embeddings import vectors
 from assemblage_assets.partitions import IMAGE_SHARDS
 from resources.database import PostgresResource
 
@@ -36,8 +38,8 @@ def load(conn: psycopg.Connection, n: int = ROWS) -> list[str]:
     ) as copy:
         for image_id in ids:
             copy.write_row((image_id, image_id, 1, 1, 1, "JPEG", "jpg", "k"))
-    vector_store.ensure_model(conn, MODEL, "test", DIM)
-    vector_store.write_vectors(conn, MODEL, "test", ids, clustered(n, 0))
+    vectors.ensure_model(conn, MODEL, "test", DIM)
+    vectors.write_vectors(conn, MODEL, "test", ids, clustered(n, 0))
     return ids
 
 
@@ -85,13 +87,13 @@ def test_bulk_mode_defers_the_index_and_finalize_builds_it_once(conn: psycopg.Co
 
     # later runs in normal mode leave a deferred model alone: the finalize step builds it
     monkeypatch.delenv("EMBED_DEFER_INDEX")
-    assert vector_store.ensure_model(conn, MODEL, "test", DIM) is None
+    assert vectors.ensure_model(conn, MODEL, "test", DIM) is None
     assert hnsw_indexes(conn) == [] and model_row(conn)["index_state"] == "deferred"
     before = table_stats(conn)
 
     report = vector_index.finalize(conn)
     (built,) = report.models
-    name = vector_store.index_name(MODEL)
+    name = vectors.index_name(MODEL)
     assert built.action == "built" and built.index_name == name and built.rows == ROWS
     assert (built.m, built.ef_construction) == (16, 64) and built.index_bytes > 0 and built.graph_fit_in_memory
     assert built.maintenance_work_mem == "64MB"  # the floor: 3,000 32-d vectors need ~2 MB
@@ -123,7 +125,7 @@ def test_bulk_mode_defers_the_index_and_finalize_builds_it_once(conn: psycopg.Co
 def test_normal_mode_still_indexes_on_first_use(conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EMBED_DEFER_INDEX", raising=False)
     load(conn, 100)
-    assert hnsw_indexes(conn) == [vector_store.index_name(MODEL)] and model_row(conn)["index_state"] == "ready"
+    assert hnsw_indexes(conn) == [vectors.index_name(MODEL)] and model_row(conn)["index_state"] == "ready"
     assert [m.action for m in vector_index.finalize(conn).models] == ["ready"]
 
 
@@ -131,14 +133,14 @@ def test_invalid_index_from_an_interrupted_concurrent_build_is_rebuilt(pg_dsn: s
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBED_DEFER_INDEX", "1")
     load(conn)
-    name = vector_store.index_name(MODEL)
+    name = vectors.index_name(MODEL)
     # A writer's open transaction makes CREATE INDEX CONCURRENTLY wait after it has created the
     # (not yet valid) index; the lock timeout then aborts it, as a crash or cancel would.
     with psycopg.connect(pg_dsn) as writer:
         writer.execute("DELETE FROM image_embeddings WHERE image_id = (SELECT image_id FROM image_embeddings LIMIT 1)")
         conn.execute("SET lock_timeout = '300ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
-            conn.execute(vector_store.index_ddl(MODEL, DIM, name, concurrently=True))
+            conn.execute(vectors.index_ddl(MODEL, DIM, name, concurrently=True))
         conn.execute("RESET lock_timeout")
         writer.rollback()
     assert vector_index.index_status(conn, name) == "invalid"
@@ -177,8 +179,8 @@ def test_embeddings_in_bulk_mode_then_vector_index_asset_and_cli(
     monkeypatch.setenv("CLIP_MODEL", str(tiny))
     monkeypatch.setenv("EMBED_DEFER_INDEX", "1")
     from assemblage_assets.definitions import defs
-    from assemblage_assets.embedding_assets import embeddings
-    from assemblage_assets.index_assets import vector_index as vector_index_asset
+    from assemblage_assets.embeddings.assets import embeddings
+    from assemblage_assets.embeddings.assets import vector_index as vector_index_asset
 
     images = write_tree(tmp_path / "src", {"cars": ["orange", "blue"], "parks": ["green"]})
     cache = tmp_path / "cache"
@@ -201,7 +203,7 @@ def test_embeddings_in_bulk_mode_then_vector_index_asset_and_cli(
         assert meta["index_bytes"].value > 0 and meta["m"].value == 16 and meta["ef_construction"].value == 64
         assert "vacuum_analyze_seconds" in meta
         (row,) = query(pg_dsn, "SELECT index_state, index_name FROM embedding_models")
-        assert row["index_state"] == "ready" and row["index_name"] == vector_store.index_name("tiny-clip")
+        assert row["index_state"] == "ready" and row["index_name"] == vectors.index_name("tiny-clip")
 
         again = dg.materialize([vector_index_asset], instance=instance, resources={"database": PostgresResource(dsn=pg_dsn)})
         meta = again.asset_materializations_for_node("vector_index")[0].metadata

@@ -16,21 +16,22 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+from assemblage_assets.jobs import vehicle_backfill_job
 from image_server import ImageServer
 from PIL import Image
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from assemblage_assets import db, vehicles
 from assemblage_assets.cli import print_status
-from assemblage_assets.derive import DerivativeSpec
-from assemblage_assets.fetch import FetchSettings, ImageFetcher
-from assemblage_assets.jobs import vehicle_backfill_job
-from assemblage_assets.probe import image_id_for
-from assemblage_assets.vehicle_assets import VEHICLE_ORGANIZATIONS, vehicle_image_backfill
-from assemblage_assets.vehicles import NO_ORGANIZATION, BackfillOptions
+from assemblage_assets.core import db
+from assemblage_assets.core.imaging import DerivativeSpec, image_id_for
+from assemblage_assets.partitions import NO_ORGANIZATION, VEHICLE_ORGANIZATIONS
+from assemblage_assets.vehicles import backfill as vehicles
+from assemblage_assets.vehicles.assets import vehicle_image_backfill
+from assemblage_assets.vehicles.backfill import BackfillOptions
 from resources.database import PostgresResource
 from resources.image_fetch import ImageFetchResource
+from resources.image_fetch.client import FetchSettings, ImageFetcher
 from resources.image_library import ImageLibraryResource
 from resources.object_store import LocalObjectStore
 from schedules.trickle_backfill import trickle_backfill_schedule

@@ -1,0 +1,186 @@
+"""Imaging helpers shared by the derivatives stage, the vehicle backfill and local CLIP.
+
+Format detection from magic bytes, the content id of an image, and one decode path: upright
+per EXIF, any Pillow mode brought to 8-bit RGB(A), shrunk without upscaling, saved atomically.
+Nothing here touches the database or Dagster.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+APPROVED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".tif")
+# Detected format -> (Pillow formats allowed to open it, extension used for the published original)
+APPROVED_FORMATS = {
+    "JPEG": (["JPEG", "MPO"], "jpg"),
+    "PNG": (["PNG"], "png"),
+    "WEBP": (["WEBP"], "webp"),
+    "TIFF": (["TIFF"], "tiff"),
+}
+# uuid5 namespace for image ids: the same bytes always get the same id, on any machine.
+IMAGE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/assemblage/images")
+
+THUMBNAIL_BOX = 300
+PREVIEW_LONG_EDGE = 1200
+DEFAULT_WATERMARK_OPACITY = 0.22
+
+# EXIF orientation -> the transpose that makes the image upright (same table as ImageOps.exif_transpose)
+ORIENTATION_FIX = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Format from magic bytes (the extension is never trusted)."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM":
+        return "BMP"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "AVIF" if brand in (b"avif", b"avis") else "HEIF"
+    if head.startswith(b"%PDF"):
+        return "PDF"
+    return None
+
+
+def image_id_for(content_hash: str) -> uuid.UUID:
+    return uuid.uuid5(IMAGE_ID_NAMESPACE, content_hash)
+
+
+@dataclass(frozen=True)
+class DerivativeSpec:
+    thumbnail_box: int = THUMBNAIL_BOX
+    preview_long_edge: int = PREVIEW_LONG_EDGE
+    watermark_text: str = "assemblage"
+    watermark_image: str = ""
+    watermark_opacity: float = DEFAULT_WATERMARK_OPACITY
+    max_pixels: int = 120_000_000
+    preview_quality: int = 85
+    thumbnail_quality: int = 80
+
+
+def frame_count(img: Image.Image) -> int:
+    try:
+        return max(1, int(getattr(img, "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - n_frames can raise TypeError/EOFError on damaged files
+        return 1
+
+
+def orientation(img: Image.Image) -> int:
+    """EXIF orientation 1..8 (1 when missing or broken)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if int(value) in ORIENTATION_FIX else 1
+    except Exception:  # noqa: BLE001 - broken EXIF must not stop derivation
+        return 1
+
+
+def to_display_mode(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB or RGBA without clipping or losing transparency."""
+    mode = img.mode
+    if mode in ("RGB", "RGBA"):
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # Scale to the image's own range: convert('RGB') clips 16-bit values to white.
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        return img.convert("RGBA")
+    if mode == "P" and img.palette is not None and img.palette.mode == "RGBA":
+        return img.convert("RGBA")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def fit(img: Image.Image, box_w: int, box_h: int) -> Image.Image:
+    """Scale down to fit the box, keeping the aspect ratio; never upscale."""
+    scale = min(box_w / img.width, box_h / img.height)
+    if scale >= 1:
+        return img
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    # reducing_gap: integer box-reduce first, then bicubic for the last factor < 2x (Pillow's
+    # thumbnail() default). Bicubic costs ~2 dB PSNR against Lanczos here, far below what
+    # the JPEG/WebP encoders lose anyway, and is the main step towards libvips' speed.
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+
+
+def decode_upright(source: str | BinaryIO, long_edge: int) -> tuple[Image.Image, int]:
+    """Decode once, as little as needed for ``long_edge``; upright and in a display mode.
+    Returns the image and the file's frame count."""
+    with Image.open(source) as img:
+        frames = frame_count(img)
+        if frames > 1:
+            img.seek(0)  # animations and multi-page files: the first frame stands for the image
+        # Before load(): for PNG this reads the trailing chunks, and a damaged trailing chunk
+        # (pixels intact) then costs us the EXIF only, not the image.
+        turn = orientation(img)
+        if img.format in ("JPEG", "MPO"):
+            # DCT-domain downscale: decode at 1/2, 1/4 or 1/8 while staying >= the preview size.
+            scale = max(img.size) / long_edge
+            if scale >= 2:
+                img.draft(None, (int(img.width / scale), int(img.height / scale)))
+        img.load()
+        if img.format == "TIFF":
+            turn = orientation(img)  # Pillow's TIFF decoder applies it itself and drops the tag
+        rgb = to_display_mode(img)
+    fix = ORIENTATION_FIX.get(turn)
+    if fix is not None:
+        # Shrink first, then rotate: transposing a 1200 px image is far cheaper than a 12 MP one.
+        rgb = fit(rgb, long_edge, long_edge).transpose(fix)
+    return rgb, frames
+
+
+def atomic_save(img: Image.Image, target: Path, fmt: str, **params: object) -> None:
+    """Write next to the target and rename, so a crash never leaves a half-written file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            img.save(fh, fmt, **params)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_thumbnail(thumbnail: Image.Image, target: Path, spec: DerivativeSpec) -> None:
+    atomic_save(thumbnail, target, "WEBP", quality=spec.thumbnail_quality, method=4)
+
+
+def write_thumbnail(source: str | BinaryIO, target: Path, spec: DerivativeSpec) -> tuple[int, int]:
+    """Only the thumbnail of the derivatives stage (same decode, resampling and encoding),
+    written to ``target``; returns its size. For images already in memory (downloads). Raises
+    Pillow's errors (``OSError``, ``DecompressionBombError``, ...) when the image cannot be decoded."""
+    Image.MAX_IMAGE_PIXELS = spec.max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        upright, _ = decode_upright(source, spec.preview_long_edge)
+    preview = fit(upright, spec.preview_long_edge, spec.preview_long_edge)
+    thumbnail = fit(preview, spec.thumbnail_box, spec.thumbnail_box)
+    save_thumbnail(thumbnail, target, spec)
+    return thumbnail.size

@@ -1,0 +1,120 @@
+"""Nearest images by cosine distance: text -> image (``assemblage search "orange car"``) and
+image -> image (``assemblage search --like IMAGE_ID_OR_PATH``).
+
+Queries use the model's partial HNSW index: the same cast (``embedding::vector(dim)``) and
+the same predicate (``model = '<literal>'``) as the index definition in ``vector_store``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row, tuple_row
+
+from assemblage_assets.embeddings import vectors
+from resources.embedding.types import EmbedItem
+
+
+class SearchError(ValueError):
+    pass
+
+
+def stored_models(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    return conn.cursor(row_factory=dict_row).execute(
+        """SELECT m.model, m.provider, m.dim, m.source, m.index_name,
+                  (SELECT count(*) FROM image_embeddings e WHERE e.model = m.model) AS vectors
+           FROM embedding_models m ORDER BY m.created_at"""
+    ).fetchall()
+
+
+def pick_model(conn: psycopg.Connection, requested: str | None, active: str | None) -> dict[str, Any]:
+    """``requested`` if given, else the active model if it has vectors, else the only stored one."""
+    models = {m["model"]: m for m in stored_models(conn)}
+    for name in (requested, active):
+        if name and name in models:
+            return models[name]
+        if name and name == requested:
+            raise SearchError(f"no vectors stored for model {name!r}; stored: {', '.join(models) or 'none'}")
+    with_vectors = [m for m in models.values() if m["vectors"]]
+    if len(with_vectors) == 1:
+        return with_vectors[0]
+    if not with_vectors:
+        raise SearchError("no embeddings stored yet: run `assemblage embed` first")
+    raise SearchError(f"several models have vectors ({', '.join(m['model'] for m in with_vectors)}): pass --model")
+
+
+def nearest(
+    conn: psycopg.Connection, model: dict[str, Any], vector: np.ndarray, k: int = 10, exclude: str | None = None
+) -> list[dict[str, Any]]:
+    """The ``k`` nearest images to ``vector`` among ``model``'s vectors, nearest first."""
+    dim = int(model["dim"])
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vector.shape[0] != dim:
+        raise SearchError(f"query vector has {vector.shape[0]} dimensions, model {model['model']} has {dim}")
+    literal = "[" + ",".join(repr(float(x)) for x in vector) + "]"
+    query = sql.SQL(
+        """WITH hits AS (
+               SELECT e.image_id, e.embedding::vector({dim}) <=> %(q)s::vector({dim}) AS distance
+               FROM image_embeddings e
+               WHERE e.model = {model} AND (%(exclude)s::uuid IS NULL OR e.image_id <> %(exclude)s::uuid)
+               ORDER BY e.embedding::vector({dim}) <=> %(q)s::vector({dim})
+               LIMIT %(k)s)
+           SELECT h.image_id::text AS image_id, h.distance::float AS distance,
+                  (SELECT min(p.local_path) FROM processing_log p WHERE p.image_id = h.image_id) AS path,
+                  i.thumbnail_url, i.preview_url, i.thumbnail_key, i.preview_key, i.caption
+           FROM hits h JOIN images i ON i.id = h.image_id
+           ORDER BY h.distance, h.image_id"""
+    ).format(dim=sql.Literal(dim), model=sql.Literal(model["model"]))
+    with conn.transaction():
+        # More candidates from the graph than the default 40 when asked for many results.
+        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(40, min(1000, 2 * k)))))
+        return conn.cursor(row_factory=dict_row).execute(query, {"q": literal, "k": k, "exclude": exclude}).fetchall()
+
+
+def resolve_image(conn: psycopg.Connection, ref: str) -> str | None:
+    """An image id from an id or the path of an ingested file (None when neither)."""
+    try:
+        return str(uuid.UUID(ref))
+    except ValueError:
+        pass
+    candidates = {ref, os.path.abspath(ref), str(Path(ref).expanduser().resolve())}
+    row = conn.cursor(row_factory=tuple_row).execute(
+        "SELECT image_id::text FROM processing_log WHERE local_path = ANY(%s) AND image_id IS NOT NULL LIMIT 1",
+        (sorted(candidates),),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def search_text(
+    conn: psycopg.Connection, provider: Any, model: dict[str, Any], text: str, k: int = 10
+) -> tuple[list[dict[str, Any]], Any]:
+    """Images nearest to a text, and the usage of the (maybe paid) text embedding."""
+    if provider is None or provider.model_id != model["model"]:
+        raise SearchError(f"text search needs the provider of {model['model']!r} configured (EMBEDDING_PROVIDER)")
+    vectors, usage = provider.embed_texts([text])
+    return nearest(conn, model, vectors[0], k), usage
+
+
+def search_like(
+    conn: psycopg.Connection, provider: Any, model: dict[str, Any], ref: str, k: int = 10
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Images like an ingested image (its stored vector), or like any image file (embedded now
+    with the provider). Returns (image id or None, hits without the image itself)."""
+    image_id = resolve_image(conn, ref)
+    if image_id is not None:
+        vector = vectors.stored_vector(conn, image_id, model["model"])
+        if vector is not None:
+            return image_id, nearest(conn, model, vector, k, exclude=image_id)
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise SearchError(f"{ref!r} is neither an image id nor an ingested or existing image file")
+    if provider is None or provider.model_id != model["model"]:
+        raise SearchError(f"{ref} has no stored vector for {model['model']!r} and that provider is not configured")
+    outcome = provider.embed_image(EmbedItem(image_id or "00000000-0000-0000-0000-000000000000", str(path.resolve())))
+    return image_id, nearest(conn, model, outcome.vector, k, exclude=image_id)

@@ -1,0 +1,183 @@
+"""The three stages of every directory shard: ``raw_files`` (scan), ``derivatives`` and
+``r2_objects`` (publish, with its two asset checks). Each asset calls one plain stage function."""
+
+from typing import Any
+
+import dagster as dg
+import psycopg
+
+from assemblage_assets.core import settings
+from assemblage_assets.core.metadata import stage_metadata
+from assemblage_assets.images import catalog, checks
+from assemblage_assets.images.derive import derive_shard
+from assemblage_assets.images.publish import RATE_KEY, publish_shard
+from assemblage_assets.images.scan import scan_shard
+from assemblage_assets.images.shards import resolve_shard
+from assemblage_assets.partitions import image_shards_partitions_def
+from assemblage_assets.platform.celery_queues import cpu_op_tags
+from resources.database import PostgresResource
+from resources.image_library import ImageLibraryResource
+from resources.object_store import ObjectStore, StoreConfigError, TransientStoreError
+
+
+@dg.asset(
+    partitions_def=image_shards_partitions_def,
+    group_name="images",
+    kinds={"python", "postgres"},
+    op_tags=cpu_op_tags(),
+)
+def raw_files(
+    context: dg.AssetExecutionContext, database: PostgresResource, library: ImageLibraryResource
+) -> dg.MaterializeResult:
+    """Every file of the shard, validated and described: format (from magic bytes), size,
+    content hash, deterministic image id and EXIF. New or changed files only; unchanged
+    files are skipped, broken ones are recorded as failed with the reason."""
+    shard = resolve_shard(library.root, context.partition_key)
+    with database.connect() as conn:
+        report = scan_shard(conn, shard, max_pixels=library.max_image_pixels, progress=context.log.info)
+        counts = catalog.status_counts(conn, shard.key)
+    context.log.info(
+        f"shard {shard.key}: {report.counts['seen']} files, {report.counts['new']} new, "
+        f"{report.counts['failed']} failed, {report.counts['rejected']} rejected"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "shard_dir": dg.MetadataValue.path(str(shard.path)),
+            **stage_metadata(report, "seen"),
+            "status_counts": dg.MetadataValue.json(counts),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=image_shards_partitions_def,
+    deps=[raw_files],
+    group_name="images",
+    kinds={"python", "pillow"},
+    op_tags=cpu_op_tags(),
+)
+def derivatives(
+    context: dg.AssetExecutionContext, database: PostgresResource, library: ImageLibraryResource
+) -> dg.MaterializeResult:
+    """Thumbnail (WebP, within 300×300), watermarked preview (JPEG, long edge 1200) and a
+    5-colour palette for every pending image of the shard, decoded once, upright per EXIF.
+    Written to the derivative cache for ``r2_objects`` to publish."""
+    with database.connect() as conn:
+        report = derive_shard(
+            conn,
+            context.partition_key,
+            cache_dir=library.cache,
+            spec=library.derivative_spec(),
+            workers=library.derive_workers,
+            progress=context.log.info,
+        )
+        samples = catalog.derived_samples(conn, context.partition_key)
+        counts = catalog.status_counts(conn, context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            **stage_metadata(report, "processed"),
+            "derivative_cache": dg.MetadataValue.path(str(library.cache)),
+            "status_counts": dg.MetadataValue.json(counts),
+            "samples": dg.MetadataValue.md(_palette_table(samples)),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=image_shards_partitions_def,
+    deps=[derivatives],
+    group_name="images",
+    kinds={"s3"},
+    pool="r2",
+    op_tags=cpu_op_tags(),
+    # Whole-step retries for outages longer than the client's own retries; a rerun only
+    # uploads what is still missing.
+    retry_policy=dg.RetryPolicy(
+        max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    ),
+    check_specs=[
+        dg.AssetCheckSpec("objects_published", asset="r2_objects",
+                          description="Every processed image of the shard is published, with its three URLs recorded."),
+        dg.AssetCheckSpec("objects_in_store", asset="r2_objects",
+                          description="A random sample of the shard's published images (CHECK_SAMPLE_IMAGES, "
+                          "default 20) has all three objects in the store: catches objects deleted behind our back."),
+    ],
+)
+def r2_objects(
+    context: dg.AssetExecutionContext,
+    database: PostgresResource,
+    library: ImageLibraryResource,
+    object_store: ObjectStore,
+) -> dg.MaterializeResult:
+    """Every processed image of the shard in the object store (Cloudflare R2, S3, MinIO or the
+    local directory): the original (private) at ``original/{yyyy}/{mm}/{id}.{ext}``, the
+    thumbnail at ``thumbnail/{id}.webp`` and the watermarked preview at ``watermarked/{id}.jpg``.
+    Objects already stored are skipped; an image becomes ``uploaded`` once all three are."""
+    try:
+        object_store.preflight()
+    except StoreConfigError as exc:
+        raise dg.Failure(description=f"object store not usable: {exc}", allow_retries=False) from None
+    except TransientStoreError as exc:
+        raise dg.Failure(description=f"object store unavailable: {exc}") from None
+    context.log.info(f"publishing shard {context.partition_key} to {object_store.describe()}")
+    before = object_store.request_counts()
+    with database.connect() as conn:
+        try:
+            report = publish_shard(
+                conn,
+                context.partition_key,
+                store=object_store,
+                cache_dir=library.cache,
+                progress=context.log.info,
+            )
+        except StoreConfigError as exc:
+            raise dg.Failure(description=f"object store rejected the upload: {exc}", allow_retries=False) from None
+        counts = catalog.status_counts(conn, context.partition_key)
+        after = object_store.request_counts()  # before the checks' HEADs: the stage's own requests
+        checks = _check_results(conn, context.partition_key, object_store)
+    metadata = {
+        **stage_metadata(report, RATE_KEY),
+        "object_store": dg.MetadataValue.text(object_store.describe()),
+        "requests": dg.MetadataValue.json(
+            {op: n - before.get(op, 0) for op, n in after.items() if n > before.get(op, 0)}
+        ),
+        "status_counts": dg.MetadataValue.json(counts),
+    }
+    if report.counts["images_deferred"]:
+        # Leaves no materialization: the retry (or the next run) publishes what is left.
+        raise dg.Failure(
+            description=f"{report.counts['images_deferred']} image(s) hit transient store errors "
+            "after the client's retries; they stay 'processed' for the next attempt",
+            metadata=metadata,
+        )
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _check_results(conn: psycopg.Connection, shard: str, store: ObjectStore) -> list[dg.AssetCheckResult]:
+    gaps = checks.object_gaps(conn, shard)
+    spot = checks.spot_check_objects(conn, shard, store, settings.env_int("CHECK_SAMPLE_IMAGES", checks.DEFAULT_SPOT_CHECK))
+    return [
+        dg.AssetCheckResult(
+            check_name="objects_published",
+            passed=gaps.gaps == 0,
+            severity=dg.AssetCheckSeverity.WARN,  # unpublished images are retried by the next run
+            metadata={"images": gaps.images, "unpublished": gaps.unpublished,
+                      "uploaded_without_urls": gaps.uploaded_without_urls},
+        ),
+        dg.AssetCheckResult(
+            check_name="objects_in_store",
+            passed=not spot.missing,
+            metadata={"images_checked": spot.checked, "missing": len(spot.missing),
+                      "missing_keys": dg.MetadataValue.json(spot.missing[:20])},
+        ),
+    ]
+
+
+def _palette_table(samples: list[dict[str, Any]]) -> str:
+    if not samples:
+        return "No derived images yet."
+    rows = ["| image | size | thumbnail | palette |", "|---|---|---|---|"]
+    for s in samples:
+        swatches = " ".join(f"`{c['hex']}` {c['share']:.0%}" for c in (s["palette"] or []))
+        rows.append(f"| `{s['id'][:8]}` {s['format']} | {s['width']}×{s['height']} | `{s['thumbnail_key']}` | {swatches} |")
+    return "\n".join(rows)

@@ -1,0 +1,309 @@
+"""The catalogue: the only module that writes ``images`` and ``processing_log``.
+
+Every status change of a source path is a function here (statuses: ``constants.ImageStatus``):
+scanned -> pending/failed/rejected, derived -> processed, published -> uploaded, embedded ->
+indexed, and the ways back (requeued for derivation, failed). Other areas call these
+functions; none writes the two tables itself. Every write is an upsert keyed on content
+(``images.id``) or source path (``processing_log.local_path``), or an UPDATE guarded by the
+status it leaves, so reruns and crash-resumes never duplicate rows or skip a transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
+
+from assemblage_assets.constants import (
+    NOT_INGESTED_STATUSES,
+    ImageStatus,
+    original_key,
+    preview_key,
+    thumbnail_key,
+)
+
+if TYPE_CHECKING:  # only for annotations: the stages import this module, not the other way round
+    from assemblage_assets.images.derive import DerivedImage
+    from assemblage_assets.images.probe import ProbeResult
+    from assemblage_assets.images.scan import ScanEntry
+
+
+def known_files(conn: psycopg.Connection, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Size, mtime and status already recorded for these paths."""
+    rows = conn.execute(
+        "SELECT local_path, file_size, file_mtime_ns, status FROM processing_log WHERE local_path = ANY(%s)",
+        (list(paths),),
+    ).fetchall()
+    return {row["local_path"]: row for row in rows}
+
+
+def is_unchanged(entry: ScanEntry, known: dict[str, Any] | None) -> bool:
+    return (
+        known is not None
+        and known["file_size"] == entry.size
+        and known["file_mtime_ns"] == entry.mtime_ns
+    )
+
+
+def record_scanned(conn: psycopg.Connection, shard: str, scanned: Iterable[tuple[ScanEntry, ProbeResult]]) -> None:
+    """Upsert ``images`` (first writer wins) and ``processing_log`` for a batch of probed files."""
+    image_rows = []
+    log_rows = []
+    for entry, result in scanned:
+        image_id = str(result.image_id) if result.image_id else None
+        if result.status == "pending" and image_id and result.ext:
+            image_rows.append((
+                image_id, result.content_hash, result.bytes, result.width, result.height,
+                result.format, result.mode, result.frame_count, Jsonb(result.exif),
+                result.captured_at, result.ext, original_key(image_id, result.ext, result.captured_at),
+            ))
+        log_rows.append((
+            entry.db_path, shard, image_id, result.status, result.error_kind,
+            result.error_message, entry.size, entry.mtime_ns,
+        ))
+    with conn.transaction():
+        with conn.cursor() as cur:
+            if image_rows:
+                cur.executemany(
+                    """INSERT INTO images (id, content_hash, bytes, width, height, format, mode,
+                                           frame_count, exif_data, captured_at, original_ext, original_key)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (id) DO NOTHING""",
+                    image_rows,
+                )
+            if log_rows:
+                # A changed file starts over; an unchanged one never reaches here.
+                cur.executemany(
+                    """INSERT INTO processing_log (local_path, shard, image_id, status, error_kind,
+                                                   error_message, attempts, file_size, file_mtime_ns,
+                                                   processed_at)
+                       VALUES (%s, %s, %s, %s, %s, %s, 1, %s, %s,
+                               CASE WHEN %s = ANY(%s) THEN now() END)
+                       ON CONFLICT (local_path) DO UPDATE SET
+                           shard = EXCLUDED.shard, image_id = EXCLUDED.image_id,
+                           status = EXCLUDED.status, error_kind = EXCLUDED.error_kind,
+                           error_message = EXCLUDED.error_message,
+                           attempts = processing_log.attempts + 1,
+                           file_size = EXCLUDED.file_size, file_mtime_ns = EXCLUDED.file_mtime_ns,
+                           processed_at = EXCLUDED.processed_at, updated_at = now()""",
+                    [row + (row[3], list(NOT_INGESTED_STATUSES)) for row in log_rows],
+                )
+
+
+def pending_images(conn: psycopg.Connection, shard: str, page_size: int = 500) -> Iterator[dict[str, Any]]:
+    """One source path per distinct pending image of the shard, paged by image id (keyset)."""
+    after = "00000000-0000-0000-0000-000000000000"
+    while True:
+        rows = conn.execute(
+            """SELECT DISTINCT ON (p.image_id) p.image_id::text AS image_id, p.local_path,
+                      i.derived_at IS NOT NULL AS already_derived
+               FROM processing_log p JOIN images i ON i.id = p.image_id
+               WHERE p.shard = %s AND p.status = %s AND p.image_id > %s::uuid
+               ORDER BY p.image_id, p.local_path LIMIT %s""",
+            (shard, ImageStatus.PENDING.value, after, page_size),
+        ).fetchall()
+        yield from rows
+        if len(rows) < page_size:
+            return
+        after = rows[-1]["image_id"]
+
+
+def count_pending(conn: psycopg.Connection, shard: str) -> int:
+    row = conn.execute(
+        "SELECT count(DISTINCT image_id) AS n FROM processing_log WHERE shard = %s AND status = %s",
+        (shard, ImageStatus.PENDING.value),
+    ).fetchone()
+    return int(row["n"])
+
+
+def record_derived(conn: psycopg.Connection, results: Sequence[DerivedImage]) -> None:
+    """Store derivative locations and advance every pending path of each image in one transaction."""
+    ok = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    with conn.transaction():
+        with conn.cursor() as cur:
+            if ok:
+                cur.executemany(
+                    """UPDATE images SET palette = %s, frame_count = GREATEST(frame_count, %s),
+                              thumbnail_key = %s, thumbnail_width = %s, thumbnail_height = %s,
+                              preview_key = %s, preview_width = %s, preview_height = %s,
+                              derived_at = now(), updated_at = now()
+                       WHERE id = %s""",
+                    [
+                        (Jsonb(r.palette), r.frame_count, thumbnail_key(r.image_id), *r.thumbnail_size,
+                         preview_key(r.image_id), *r.preview_size, r.image_id)
+                        for r in ok
+                    ],
+                )
+                cur.execute(
+                    """UPDATE processing_log SET status = %s, error_kind = NULL,
+                              error_message = NULL, processed_at = now(), updated_at = now()
+                       WHERE image_id = ANY(%s::uuid[]) AND status = %s""",
+                    (ImageStatus.PROCESSED.value, [r.image_id for r in ok], ImageStatus.PENDING.value),
+                )
+            if failed:
+                cur.executemany(
+                    """UPDATE processing_log SET status = %s, error_kind = %s, error_message = %s,
+                              attempts = attempts + 1, processed_at = now(), updated_at = now()
+                       WHERE image_id = %s AND status = %s""",
+                    [(ImageStatus.FAILED.value, r.error_kind, r.error_message, r.image_id, ImageStatus.PENDING.value)
+                     for r in failed],
+                )
+
+
+def mark_processed(conn: psycopg.Connection, image_ids: Sequence[str]) -> None:
+    """Advance paths whose image was already derived (same content seen under another path)."""
+    conn.execute(
+        """UPDATE processing_log SET status = %s, processed_at = now(), updated_at = now()
+           WHERE image_id = ANY(%s::uuid[]) AND status = %s""",
+        (ImageStatus.PROCESSED.value, list(image_ids), ImageStatus.PENDING.value),
+    )
+
+
+def status_counts(conn: psycopg.Connection, shard: str | None = None) -> dict[str, int]:
+    rows = conn.execute(
+        """SELECT status, count(*) AS n FROM processing_log
+           WHERE %(shard)s::text IS NULL OR shard = %(shard)s GROUP BY status""",
+        {"shard": shard},
+    ).fetchall()
+    counts = dict.fromkeys((s.value for s in ImageStatus), 0)
+    counts.update({row["status"]: row["n"] for row in rows})
+    return counts
+
+
+def failures(conn: psycopg.Connection, shard: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    return conn.execute(
+        """SELECT local_path, shard, status, error_kind, error_message, attempts FROM processing_log
+           WHERE status = ANY(%(statuses)s) AND (%(shard)s::text IS NULL OR shard = %(shard)s)
+           ORDER BY status, shard, local_path LIMIT %(limit)s""",
+        {"shard": shard, "limit": limit, "statuses": list(NOT_INGESTED_STATUSES)},
+    ).fetchall()
+
+
+def derived_samples(conn: psycopg.Connection, shard: str, limit: int = 5) -> list[dict[str, Any]]:
+    return conn.execute(
+        """SELECT DISTINCT ON (i.id) i.id::text AS id, p.local_path, i.width, i.height, i.format,
+                  i.thumbnail_key, i.preview_key, i.palette
+           FROM processing_log p JOIN images i ON i.id = p.image_id
+           WHERE p.shard = %s AND i.derived_at IS NOT NULL
+           ORDER BY i.id LIMIT %s""",
+        (shard, limit),
+    ).fetchall()
+
+
+def count_images(conn: psycopg.Connection) -> int:
+    """Distinct images (contents) in the catalogue."""
+    return int(conn.cursor(row_factory=tuple_row).execute("SELECT count(*) FROM images").fetchone()[0])
+
+
+# --- publication (r2_objects) ----------------------------------------------------------------------
+
+
+def record_published(
+    conn: psycopg.Connection, published: Sequence[tuple[str, tuple[str, str, str]]]
+) -> None:
+    """(image id, (original, thumbnail, preview) URLs): all three objects are confirmed stored.
+    Records the URLs and advances every ``processed`` path of the image to ``uploaded``."""
+    if not published:
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            """UPDATE images SET original_url = %s, thumbnail_url = %s, preview_url = %s,
+                      uploaded_at = now(), updated_at = now()
+               WHERE id = %s""",
+            [(*urls, image_id) for image_id, urls in published],
+        )
+        cur.execute(
+            """UPDATE processing_log SET status = %s, error_kind = NULL, error_message = NULL, updated_at = now()
+               WHERE image_id = ANY(%s::uuid[]) AND status = %s""",
+            (ImageStatus.UPLOADED.value, [image_id for image_id, _ in published], ImageStatus.PROCESSED.value),
+        )
+
+
+def record_publish_failed(conn: psycopg.Connection, failed: Sequence[tuple[str, str, str]]) -> None:
+    """(image id, error kind, message): the image cannot be published. Its paths become
+    ``failed`` and its old URLs no longer hold."""
+    if not failed:
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            """UPDATE processing_log SET status = %s, error_kind = %s, error_message = %s,
+                          attempts = attempts + 1, updated_at = now()
+                   WHERE image_id = %s AND status = ANY(%s)""",
+            [
+                (ImageStatus.FAILED.value, kind, message, image_id, [ImageStatus.PROCESSED.value, ImageStatus.UPLOADED.value])
+                for image_id, kind, message in failed
+            ],
+        )
+        cur.executemany(
+            """UPDATE images SET uploaded_at = NULL, original_url = NULL, thumbnail_url = NULL,
+                          preview_url = NULL, updated_at = now() WHERE id = %s""",
+            [(image_id,) for image_id, _, _ in failed],
+        )
+
+
+def requeue_for_derivation(conn: psycopg.Connection, image_ids: Sequence[str]) -> None:
+    """Images whose derivatives are neither cached nor stored go back to ``pending``, so the
+    next ``derivatives`` run makes them again."""
+    if not image_ids:
+        return
+    conn.execute(
+        """UPDATE processing_log SET status = %s, error_kind = 'derivative-missing',
+                  error_message = 'thumbnail or preview missing from the cache and the store; derived again next run',
+                  updated_at = now()
+           WHERE image_id = ANY(%s::uuid[]) AND status = ANY(%s)""",
+        (ImageStatus.PENDING.value, list(image_ids), [ImageStatus.PROCESSED.value, ImageStatus.UPLOADED.value]),
+    )
+
+
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+def mark_indexed(conn: psycopg.Connection, shard: str, model: str) -> int:
+    """``uploaded`` paths of the shard whose image has a vector for ``model`` become ``indexed``.
+    (``processed`` paths keep their status so ``r2_objects`` still publishes them; the next
+    ``embeddings`` run of the shard promotes them.)"""
+    cur = conn.execute(
+        """UPDATE processing_log p SET status = %s, updated_at = now()
+           WHERE p.shard = %s AND p.status = %s
+             AND EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = p.image_id AND e.model = %s)""",
+        (ImageStatus.INDEXED.value, shard, ImageStatus.UPLOADED.value, model),
+    )
+    return cur.rowcount
+
+
+def record_captions(conn: psycopg.Connection, captions: Sequence[tuple[str, str, str]]) -> None:
+    """(caption, caption model, image id) from a captioning provider."""
+    if captions:
+        conn.cursor().executemany(
+            "UPDATE images SET caption = %s, caption_model = %s, updated_at = now() WHERE id = %s", captions
+        )
+
+
+def note_errors(conn: psycopg.Connection, kind: str, notes: Sequence[tuple[str, str]]) -> None:
+    """(image id, message): a later stage gave up on the image (``kind``, e.g. ``embedding``).
+    The paths keep their status; ``error_kind``/``error_message`` say why."""
+    if notes:
+        conn.cursor().executemany(
+            """UPDATE processing_log SET error_kind = %s, error_message = %s, updated_at = now()
+               WHERE image_id = %s AND status <> ALL(%s)""",
+            [(kind, message, image_id, list(NOT_INGESTED_STATUSES)) for image_id, message in notes],
+        )
+
+
+def clear_errors(conn: psycopg.Connection, kind: str, image_ids: Sequence[str]) -> None:
+    """Remove the ``kind`` notes of ``note_errors`` (the image succeeded, or was reset)."""
+    if image_ids:
+        conn.execute(
+            """UPDATE processing_log SET error_kind = NULL, error_message = NULL, updated_at = now()
+               WHERE image_id = ANY(%s::uuid[]) AND error_kind = %s AND status <> ALL(%s)""",
+            (list(image_ids), kind, list(NOT_INGESTED_STATUSES)),
+        )
+
+
+def database_now(conn: psycopg.Connection) -> Any:
+    """The database clock: sensors compare ``processing_log.updated_at`` against it."""
+    return conn.cursor(row_factory=tuple_row).execute("SELECT now()").fetchone()[0]

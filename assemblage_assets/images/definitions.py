@@ -1,0 +1,15 @@
+"""The images area in Dagster: scan, derive and publish, the spine of every shard."""
+
+import dagster as dg
+
+from assemblage_assets.images.assets import derivatives, r2_objects, raw_files
+from assemblage_assets.images.jobs import ingest_shard_job, publish_shard_job
+from assemblage_assets.images.sensors import image_shards_sensor
+
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[raw_files, derivatives, r2_objects],
+        jobs=[ingest_shard_job, publish_shard_job],
+        sensors=[image_shards_sensor],
+    )

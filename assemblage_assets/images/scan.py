@@ -1,0 +1,138 @@
+"""``raw_files`` of a shard: a streaming directory walk, then probe and record new or changed files.
+
+The walk yields one entry per file without ever listing the whole tree: only the stack of
+directories still to visit and the identities of visited directories (for symlink-loop
+detection) are held. ``scan_shard`` pulls it in batches, so a crash loses at most one batch.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+
+from assemblage_assets.core.batching import batched
+from assemblage_assets.core.reports import Progress, StageReport
+from assemblage_assets.images import catalog
+from assemblage_assets.images.probe import ProbeResult, probe_file
+from assemblage_assets.images.shards import Shard
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    path: str  # as the OS gave it (may hold surrogate escapes for undecodable bytes)
+    size: int | None = None
+    mtime_ns: int | None = None
+    error_kind: str | None = None  # set when the entry cannot be a candidate image at all
+    error_message: str | None = None
+
+    @property
+    def db_path(self) -> str:
+        """Text form for Postgres: undecodable bytes shown as ``\\xNN`` escapes."""
+        return os.fsencode(self.path).decode("utf-8", "backslashreplace")
+
+
+def _stat_error(path: str, exc: OSError) -> ScanEntry:
+    if exc.errno == errno.ELOOP:
+        return ScanEntry(path, error_kind="symlink-loop", error_message="symlink loop: too many levels of symbolic links")
+    if exc.errno == errno.ENOENT:
+        return ScanEntry(path, error_kind="broken-symlink", error_message="symlink target does not exist")
+    if exc.errno == errno.EACCES:
+        return ScanEntry(path, error_kind="unreadable", error_message=f"permission denied: {exc.strerror}")
+    return ScanEntry(path, error_kind="unreadable", error_message=f"cannot stat: {exc.strerror or exc}")
+
+
+def iter_shard_files(shard: Shard) -> Iterator[ScanEntry]:
+    """Yield every file of the shard (recursively unless it is the top-level shard).
+
+    Directory symlinks are followed once; a link back into a directory already visited is
+    reported as a symlink loop instead of being walked forever.
+    """
+    root = str(shard.path)
+    try:
+        visited = {_dir_identity(root)}
+    except OSError as exc:
+        yield _stat_error(root, exc)
+        return
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = os.scandir(directory)
+        except OSError as exc:
+            yield ScanEntry(directory, error_kind="unreadable", error_message=f"cannot list directory: {exc.strerror or exc}")
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=True)
+                except OSError as exc:
+                    yield _stat_error(entry.path, exc)
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if not shard.recursive:
+                        continue  # subfolders of the top level are shards of their own
+                    identity = (st.st_dev, st.st_ino)
+                    if identity in visited:
+                        yield ScanEntry(entry.path, error_kind="symlink-loop", error_message="directory symlink points back into the tree already scanned")
+                        continue
+                    visited.add(identity)
+                    stack.append(entry.path)
+                elif stat.S_ISREG(st.st_mode):
+                    yield ScanEntry(entry.path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+                else:
+                    yield ScanEntry(entry.path, error_kind="not-a-file", error_message="not a regular file (device, socket or pipe)")
+
+
+def _dir_identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _probe(entry: ScanEntry, max_pixels: int) -> ProbeResult:
+    if entry.error_kind:
+        return ProbeResult.failed(entry.error_kind, entry.error_message or "")
+    return probe_file(entry.path, entry.size or 0, max_pixels)
+
+
+def scan_shard(
+    conn: psycopg.Connection,
+    shard: Shard,
+    *,
+    max_pixels: int,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> StageReport:
+    """Stream the shard's files; probe new or changed ones; upsert them batch by batch.
+
+    Probing runs in this thread on purpose: Pillow's and the EXIF reader's warning handling is
+    process-global, and shards already run in parallel as separate Dagster runs.
+    """
+    report = StageReport()
+    started = time.perf_counter()
+    for batch in batched(iter_shard_files(shard), batch_size):
+        known = catalog.known_files(conn, [e.db_path for e in batch])
+        todo = []
+        for entry in batch:
+            report.counts["seen"] += 1
+            if catalog.is_unchanged(entry, known.get(entry.db_path)):
+                report.counts["unchanged"] += 1
+            else:
+                report.counts["changed" if entry.db_path in known else "new"] += 1
+                todo.append(entry)
+        results = [_probe(e, max_pixels) for e in todo]
+        catalog.record_scanned(conn, shard.key, zip(todo, results, strict=True))
+        for entry, result in zip(todo, results, strict=True):
+            report.counts[result.status] += 1
+            report.bytes += result.bytes
+            if result.status != "pending":
+                report.add_failure(entry.db_path, result.error_kind, result.error_message)
+        if progress and report.counts["seen"] % (batch_size * 20) < batch_size:
+            progress(f"scanned {report.counts['seen']:,} files of shard {shard.key}")
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,10 @@
+"""The one private Dagster name this project needs, imported in one place.
+
+``ConfigurableClassData`` is what Dagster hands a custom instance storage class
+(``platform/instance_storage.py``); it has no public export in Dagster 1.13. If an upgrade moves
+it, this import fails, and so does ``tests/platform/test_dagster_private.py``, naming it.
+"""
+
+from dagster._serdes import ConfigurableClassData
+
+__all__ = ["ConfigurableClassData"]

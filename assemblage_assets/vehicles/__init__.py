@@ -1,0 +1,1 @@
+"""Vehicles area: the trickle backfill of listing images from URLs into the object store."""

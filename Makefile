@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ASSEMBLAGE_HOME ?= $(CURDIR)/.assemblage
 export DAGSTER_HOME ?= $(ASSEMBLAGE_HOME)/dagster
 
-.PHONY: install run test ui status stop clean lint screenshot
+.PHONY: install run test ui status stop clean lint screenshot check-defs
 
 # Reinstall only when the dependency list or the constraints change.
 $(STAMP): pyproject.toml constraints.txt
@@ -22,7 +22,8 @@ run: install  ## ingest and embed the sample tree (generated if empty) through D
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/assemblage demo --allow-tiny-model
 
-test: install  ## the whole test suite against the embedded Postgres
+test: install  ## import contracts (one-way layers), then the whole test suite against the embedded Postgres
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 for the same code location and instance
@@ -39,8 +40,14 @@ status: install
 stop:  ## stop the embedded Postgres server
 	$(BIN)/assemblage db stop
 
-lint: install
+lint: install  ## ruff and the import contracts
 	$(BIN)/ruff check assemblage_assets resources schedules tests benchmarks
+	$(BIN)/lint-imports
+
+check-defs: install  ## load the code location the way `dg` does and list what it defines
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dg check defs
+	$(BIN)/dg list defs
 
 clean: stop
 	rm -rf $(ASSEMBLAGE_HOME)

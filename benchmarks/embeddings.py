@@ -2,7 +2,7 @@
 whole ``embeddings`` stage against model-only time, and binary COPY vs row-by-row INSERT.
 
 Models: the released architectures (same layers, widths, patch size, 224 px input) with random
-weights, built with ``transformers`` by ``assemblage_assets.tiny_clip`` and loaded through the
+weights, built with ``transformers`` by ``assemblage_assets.dev.tiny_clip`` and loaded through the
 same ``load_clip`` path as ``CLIP_MODEL``: the compute per image is that of the real models.
 
     model-only   forward passes on images decoded and preprocessed beforehand (not timed)

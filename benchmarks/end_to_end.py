@@ -149,12 +149,12 @@ class TreeSampler:
 def _run_direct(shards: list[str], timings: dict[str, list[tuple[float, float]]], log) -> dict:
     """The plain functions each asset calls, in the asset's order, without Dagster."""
     from assemblage_assets.core import settings
+    from resources import object_store
     from resources.image_library import ImageLibraryResource
-    from resources.object_store import ObjectStore
 
     dsn = settings.database_url()
     library = ImageLibraryResource.from_env()
-    store = ObjectStore.from_env()
+    store = object_store.from_env()
     per_shard = []
     for key in shards:
         spans = _direct_shard(dsn, key, library, store, timings)

@@ -11,7 +11,7 @@ import pytest
 from embed_support import FakeReplicate, ingest, query, tiny_clip, write_tree
 
 from assemblage_assets import cli
-from assemblage_assets.cli import embeddings as embed_cli
+from assemblage_assets.cli import demo
 from assemblage_assets.core import db
 from assemblage_assets.dev.tiny_clip import TINY_MODEL_NAME
 from assemblage_assets.embeddings import retry_queue
@@ -116,8 +116,8 @@ def test_demo_uses_a_tiny_model_only_when_allowed_and_says_so(
     monkeypatch.delenv("CLIP_MODEL", raising=False)
     monkeypatch.delenv("ASSEMBLAGE_DEMO_TINY_MODEL", raising=False)
     with pytest.raises(SystemExit, match="no network access to the model hub"):
-        embed_cli.prepare_demo_model(allow_tiny=False)
-    tiny = embed_cli.prepare_demo_model(allow_tiny=True)
+        demo.prepare_demo_model(allow_tiny=False)
+    tiny = demo.prepare_demo_model(allow_tiny=True)
     out = capsys.readouterr().out
     assert tiny == str(Path(assemblage_env["ASSEMBLAGE_HOME"]) / "models" / TINY_MODEL_NAME) and is_random_checkpoint(tiny)
     assert "VECTORS CARRY NO MEANING" in out and "DEMO ONLY" in out
@@ -126,4 +126,4 @@ def test_demo_uses_a_tiny_model_only_when_allowed_and_says_so(
     assert os.environ["CLIP_MODEL"] == tiny
     monkeypatch.setenv("CLIP_MODEL", str(tmp_path / "missing"))
     monkeypatch.setenv("ASSEMBLAGE_DEMO_TINY_MODEL", "1")
-    assert embed_cli.prepare_demo_model(allow_tiny=False) == tiny
+    assert demo.prepare_demo_model(allow_tiny=False) == tiny

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from embed_support import COLOURS, image_ids, ingest, photo, query, tiny_clip, write_tree
 
-from assemblage_assets import search
 from assemblage_assets.core import db
 from assemblage_assets.core.tags import normalize_tag, normalize_tags
-from assemblage_assets.embeddings import retry_queue
+from assemblage_assets.embeddings import retry_queue, search
 from assemblage_assets.embeddings.embed import count_candidates, embed_shard
 from assemblage_assets.embeddings.tags import load_vocabulary
 from resources.embedding import LocalClipEmbedding

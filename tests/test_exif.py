@@ -1,4 +1,4 @@
-"""Tests for assemblage_assets.exif against the shared real-file corpus and generated JPEGs."""
+"""Tests for assemblage_assets.images.exif against the shared real-file corpus and generated JPEGs."""
 
 from __future__ import annotations
 

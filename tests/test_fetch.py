@@ -17,14 +17,11 @@ from image_server import ImageServer, make_jpeg
 
 from resources.image_fetch.client import (
     DEFAULT_MAX_BYTES,
-    AddressGuard,
-    AllowList,
-    FetchError,
     FetchSettings,
     ImageFetcher,
-    refusal_reason,
     validate_image,
 )
+from resources.image_fetch.guard import AddressGuard, AllowList, FetchError, refusal_reason
 
 LOOPBACK_ONLY = FetchSettings(
     allow_hosts="127.0.0.1",

@@ -12,16 +12,16 @@ import yaml
 from dagster._core.instance.config import dagster_instance_config
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
-from assemblage_assets.core import settings
-from assemblage_assets.instance_storage import schema_url
 from assemblage_assets.platform import instance_config
+from assemblage_assets.platform.dagster_home import ensure_dagster_home
+from assemblage_assets.platform.instance_storage import schema_url
 
 
 def test_rendered_yaml_validates_and_holds_no_secret(assemblage_env: dict[str, str], monkeypatch) -> None:
     monkeypatch.setenv("DAGSTER_MAX_CONCURRENT_RUNS", "7")
     monkeypatch.setenv("EMBED_MAX_CONCURRENT_RUNS", "2")
     monkeypatch.setenv("DAGSTER_POOL_DEFAULT_LIMIT", "3")
-    home = settings.ensure_dagster_home(sync_pools=False)
+    home = ensure_dagster_home(sync_pools=False)
     text = (home / "dagster.yaml").read_text()
     assert text.startswith(instance_config.MANAGED_HEADER)
     assert assemblage_env["DATABASE_URL"] not in text  # only the {env: DATABASE_URL} reference
@@ -38,7 +38,7 @@ def test_local_storage_without_database_url(tmp_path: Path, monkeypatch) -> None
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("SUPABASE_DB_URL", raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    home = settings.ensure_dagster_home()
+    home = ensure_dagster_home()
     config = yaml.safe_load((home / "dagster.yaml").read_text())
     assert "storage" not in config
     dagster_instance_config(str(home))
@@ -69,7 +69,7 @@ def test_schema_url_keeps_socket_host_and_sets_search_path() -> None:
 
 
 def test_postgres_instance_storage_in_dagster_schema(assemblage_env: dict[str, str]) -> None:
-    home = settings.ensure_dagster_home()
+    home = ensure_dagster_home()
 
     @dg.asset
     def probe() -> dg.MaterializeResult:
@@ -104,20 +104,20 @@ def test_user_owned_dagster_yaml_is_left_alone(assemblage_env: dict[str, str], c
     path = Path(assemblage_env["DAGSTER_HOME"]) / "dagster.yaml"
     own = "telemetry:\n  enabled: false\n"
     path.write_text(own)
-    settings.ensure_dagster_home()
+    ensure_dagster_home()
     assert path.read_text() == own
     assert "not managed by assemblage" in capsys.readouterr().err
 
 
 def test_managed_file_is_regenerated(assemblage_env: dict[str, str], monkeypatch) -> None:
-    home = settings.ensure_dagster_home(sync_pools=False)
+    home = ensure_dagster_home(sync_pools=False)
     monkeypatch.setenv("DAGSTER_MAX_CONCURRENT_RUNS", "9")
-    settings.ensure_dagster_home(sync_pools=False)
+    ensure_dagster_home(sync_pools=False)
     assert yaml.safe_load((home / "dagster.yaml").read_text())["concurrency"]["runs"]["max_concurrent_runs"] == 9
 
 
 def test_placeholder_of_earlier_versions_is_upgraded(assemblage_env: dict[str, str]) -> None:
     path = Path(assemblage_env["DAGSTER_HOME"]) / "dagster.yaml"
     path.write_text(instance_config.LEGACY_PLACEHOLDER)
-    settings.ensure_dagster_home(sync_pools=False)
+    ensure_dagster_home(sync_pools=False)
     assert path.read_text().startswith(instance_config.MANAGED_HEADER)

@@ -16,11 +16,11 @@ import pytest
 from botocore.exceptions import ClientError
 from s3_loopback import ACCESS_KEY, SECRET_KEY, S3Env, set_moto_auth
 
+from resources import object_store
 from resources.object_store import (
     DERIVATIVE_CACHE_CONTROL,
     LocalObjectStore,
     ObjectSpec,
-    ObjectStore,
     PermanentObjectError,
     S3ObjectStore,
     StoreConfigError,
@@ -229,7 +229,7 @@ def test_from_env_defaults_to_the_local_directory(monkeypatch: pytest.MonkeyPatc
     for name in ("R2_BUCKET", "S3_BUCKET", "OBJECT_STORE_DIR", "SKIP_R2_HEAD", "UPLOAD_CONCURRENCY", "R2_PREFIX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ASSEMBLAGE_HOME", str(tmp_path / "home"))
-    store = ObjectStore.from_env()
+    store = object_store.from_env()
     assert isinstance(store, LocalObjectStore)
     assert store.root == str(tmp_path / "home" / "objects")
     assert store.concurrency == 8 and store.existence_check == "list"
@@ -246,7 +246,7 @@ def test_from_env_reads_the_older_loaders_r2_settings(monkeypatch: pytest.Monkey
     monkeypatch.delenv("S3_REGION", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    store = ObjectStore.from_env()
+    store = object_store.from_env()
     assert isinstance(store, S3ObjectStore)
     assert store.endpoint_url == "https://0123abcd.r2.cloudflarestorage.com"
     assert store.region_name == "auto"
@@ -267,7 +267,7 @@ def test_s3_endpoint_url_overrides_the_r2_endpoint_and_uses_path_style(monkeypat
     monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("R2_ACCOUNT_ID", "ignored")
     monkeypatch.delenv("R2_BUCKET", raising=False)
-    store = ObjectStore.from_env()
+    store = object_store.from_env()
     assert isinstance(store, S3ObjectStore)
     assert store.endpoint_url == "http://127.0.0.1:9000"
     assert store.addressing_style == "path" and store.region_name is None

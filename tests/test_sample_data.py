@@ -1,4 +1,4 @@
-"""Tests for the synthetic sample tree (assemblage_assets.sample_data)."""
+"""Tests for the synthetic sample tree (assemblage_assets.dev.sample_data)."""
 
 from __future__ import annotations
 

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from dagster_ui import DagsterUI
 
-from assemblage_assets.core import settings
 from assemblage_assets.dev.sample_data import SampleTree, write_sample_tree
 from assemblage_assets.images.sensors import register_shards
 from assemblage_assets.images.shards import discover_shards
+from assemblage_assets.platform.dagster_home import ensure_dagster_home
 
 ASSETS = {"raw_files", "derivatives", "r2_objects", "embeddings", "vehicle_image_backfill"}
 SENSORS = {"image_shards_sensor", "missing_embeddings_sensor"}
@@ -68,7 +68,7 @@ def sample_tree(assemblage_env: dict[str, str]) -> SampleTree:
 @pytest.fixture
 def ui(assemblage_env: dict[str, str], sample_tree: SampleTree, tmp_path: Path) -> Iterator[DagsterUI]:
     images = sample_tree.root
-    settings.ensure_dagster_home()  # managed dagster.yaml: Postgres storage in the test database
+    ensure_dagster_home()  # managed dagster.yaml: Postgres storage in the test database
     with dg.DagsterInstance.get() as instance:
         register_shards(instance, images)  # what `assemblage shards --register` does
     server = DagsterUI(dict(os.environ), tmp_path / "dagster-dev.log")

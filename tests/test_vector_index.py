@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from embed_support import ingest, query, shard_resources, tiny_clip, write_tree
 
-from assemblage_assets import search, vector_index
 from assemblage_assets.core import db
-from assemblage_assets.embeddings import vectors
+from assemblage_assets.embeddings import index_build as vector_index
+from assemblage_assets.embeddings import search, vectors
 from assemblage_assets.partitions import IMAGE_SHARDS
 from resources.database import PostgresResource
 

@@ -16,19 +16,19 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
-from assemblage_assets.jobs import vehicle_backfill_job
 from image_server import ImageServer
 from PIL import Image
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from assemblage_assets.cli import print_status
+from assemblage_assets.cli.status import print_status
 from assemblage_assets.core import db
 from assemblage_assets.core.imaging import DerivativeSpec, image_id_for
 from assemblage_assets.partitions import NO_ORGANIZATION, VEHICLE_ORGANIZATIONS
-from assemblage_assets.vehicles import backfill as vehicles
+from assemblage_assets.vehicles import backfill, records
 from assemblage_assets.vehicles.assets import vehicle_image_backfill
 from assemblage_assets.vehicles.backfill import BackfillOptions
+from assemblage_assets.vehicles.jobs import vehicle_backfill_job
 from resources.database import PostgresResource
 from resources.image_fetch import ImageFetchResource
 from resources.image_fetch.client import FetchSettings, ImageFetcher
@@ -89,8 +89,8 @@ def images_of(conn: psycopg.Connection, vehicle_id: str) -> list[dict[str, Any]]
     ).fetchall()
 
 
-def run(conn, org, fetcher, store, options: BackfillOptions = NO_PAUSE) -> vehicles.BackfillReport:
-    return vehicles.backfill_organization(
+def run(conn, org, fetcher, store, options: BackfillOptions = NO_PAUSE) -> backfill.BackfillReport:
+    return backfill.backfill_organization(
         conn, org, fetcher=fetcher, store=store, spec=DerivativeSpec(), options=options
     )
 
@@ -176,7 +176,7 @@ def test_a_vehicle_whose_urls_all_fail_is_retried_with_backoff_then_marked_faile
     assert timedelta(minutes=9) < wait < timedelta(minutes=11)
     assert [r["kind"] for r in meta["images_backfill_failures"]] == ["http-error", "not-an-image"]
     assert run(conn, ORG_A, fetcher, store, options).counts["vehicles_selected"] == 0  # backing off
-    assert vehicles.monitoring(conn)["retrying"] == 1
+    assert records.monitoring(conn)["retrying"] == 1
 
     make_due()
     run(conn, ORG_A, fetcher, store, options)
@@ -190,7 +190,7 @@ def test_a_vehicle_whose_urls_all_fail_is_retried_with_backoff_then_marked_faile
     assert meta["images_backfill_status"] == "failed" and meta["images_backfill_attempts"] == 3
     make_due()
     assert run(conn, ORG_A, fetcher, store, options).counts["vehicles_selected"] == 0  # given up for good
-    status = vehicles.monitoring(conn)
+    status = records.monitoring(conn)
     assert (status["failed"], status["needing_backfill"], status["backfilled"]) == (1, 0, 0)
     assert {(f["url"], f["vehicle_status"]) for f in status["failed_urls"]} == {
         (server.url("/status/404"), "failed"),
@@ -221,13 +221,13 @@ def test_a_run_for_one_organization_touches_only_its_vehicles(conn, server, fetc
     a = add_vehicle(conn, [server.url("/img/300.jpg")], ORG_A)
     b = add_vehicle(conn, [server.url("/img/301.jpg")], ORG_B)
     none = add_vehicle(conn, [server.url("/img/302.jpg")], None)
-    assert dict(vehicles.due_counts(conn)) == {ORG_A: 1, ORG_B: 1, NO_ORGANIZATION: 1}
+    assert dict(records.due_counts(conn)) == {ORG_A: 1, ORG_B: 1, NO_ORGANIZATION: 1}
     run(conn, ORG_B, fetcher, store)
     assert [len(images_of(conn, v)) for v in (a, b, none)] == [0, 1, 0]
     assert "images_backfilled" not in metadata_of(conn, a) and "images_backfilled" not in metadata_of(conn, none)
     run(conn, NO_ORGANIZATION, fetcher, store)
     assert [len(images_of(conn, v)) for v in (a, b, none)] == [0, 1, 1]
-    assert dict(vehicles.due_counts(conn)) == {ORG_A: 1}
+    assert dict(records.due_counts(conn)) == {ORG_A: 1}
 
 
 def test_only_public_vehicles_with_urls_and_no_images_need_backfill(conn) -> None:
@@ -239,17 +239,17 @@ def test_only_public_vehicles_with_urls_and_no_images_need_backfill(conn) -> Non
     has_images = add_vehicle(conn, ["http://127.0.0.1/d.jpg"], ORG_A)
     conn.execute("INSERT INTO vehicle_images (vehicle_id, source_url) VALUES (%s, 'older')", (has_images,))
     conn.execute("INSERT INTO vehicles (organization_id, origin_metadata) VALUES (%s, NULL)", (ORG_A,))
-    assert [v.id for v in vehicles.select_vehicles(conn, ORG_A, 100)] == [due]
-    status = vehicles.monitoring(conn)
+    assert [v.id for v in records.select_vehicles(conn, ORG_A, 100)] == [due]
+    status = records.monitoring(conn)
     assert (status["needing_backfill"], status["due_now"], status["due_by_organization"]) == (1, 1, {ORG_A: 1})
     with pytest.raises(ValueError, match="uuid"):
-        vehicles.select_vehicles(conn, "not-an-org", 1)
+        records.select_vehicles(conn, "not-an-org", 1)
 
 
 def test_limit_and_batches(conn, server, fetcher, store) -> None:
     ids = [add_vehicle(conn, [server.url(f"/img/{400 + n}.jpg")], ORG_A) for n in range(5)]
     pauses: list[float] = []
-    report = vehicles.backfill_organization(
+    report = backfill.backfill_organization(
         conn,
         ORG_A,
         fetcher=fetcher,
@@ -259,14 +259,14 @@ def test_limit_and_batches(conn, server, fetcher, store) -> None:
         sleep=pauses.append,
     )
     assert report.counts["vehicles_backfilled"] == 4 and pauses == [1.5]  # two batches, one pause between
-    assert sum(len(images_of(conn, v)) for v in ids) == 4 and len(vehicles.select_vehicles(conn, ORG_A, 10)) == 1
+    assert sum(len(images_of(conn, v)) for v in ids) == 4 and len(records.select_vehicles(conn, ORG_A, 10)) == 1
 
 
 def test_allocate_shares_the_limit_fairly() -> None:
-    assert vehicles.allocate([("a", 500), ("b", 3), ("c", 40)], 100) == [("a", 57), ("b", 3), ("c", 40)]
-    assert vehicles.allocate([("a", 5), ("b", 5)], 100) == [("a", 5), ("b", 5)]
-    assert vehicles.allocate([("a", 5), ("b", 5), ("c", 5)], 2) == [("a", 1), ("b", 1)]
-    assert vehicles.allocate([], 10) == []
+    assert backfill.allocate([("a", 500), ("b", 3), ("c", 40)], 100) == [("a", 57), ("b", 3), ("c", 40)]
+    assert backfill.allocate([("a", 5), ("b", 5)], 100) == [("a", 5), ("b", 5)]
+    assert backfill.allocate([("a", 5), ("b", 5), ("c", 5)], 2) == [("a", 1), ("b", 1)]
+    assert backfill.allocate([], 10) == []
 
 
 def test_options_are_validated() -> None:

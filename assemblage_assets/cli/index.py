@@ -1,5 +1,5 @@
 """``assemblage index build|status``: the vector-index finalize step from the command line,
-launched as ``finalize_index_job`` so the run shows up in the UI. Wired into ``cli.py``."""
+launched as ``finalize_index_job`` so the run shows up in the UI."""
 
 from __future__ import annotations
 
@@ -7,26 +7,23 @@ import argparse
 import json
 from typing import Any
 
-from assemblage_assets.core import settings
+from assemblage_assets.cli.common import database_dsn
+from assemblage_assets.constants import FINALIZE_INDEX_JOB
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from assemblage_assets.core import db
+    from assemblage_assets.embeddings import vectors
 
-    dsn = db.resolve_dsn()
-    db.migrate(dsn)
     if args.action == "status":
-        with db.connect(dsn) as conn:
-            rows = conn.execute(
-                """SELECT model, dim, index_state, index_name, index_build_seconds, index_params,
-                          (SELECT count(*) FROM image_embeddings e WHERE e.model = m.model) AS vectors
-                   FROM embedding_models m ORDER BY created_at"""
-            ).fetchall()
+        with db.connect(database_dsn()) as conn:
+            rows = vectors.index_states(conn)
         for row in rows:
             built = f", built in {row['index_build_seconds']:.1f}s" if row["index_build_seconds"] else ""
             print(f"{row['model']}: {row['vectors']} vectors, {row['dim']}-d, index {row['index_state']}"
                   f"{' (' + row['index_name'] + ')' if row['index_name'] else ''}{built}")
         return 0
+    database_dsn()  # started and migrated before the run
     return 0 if build(args.model, verbose=args.verbose, concurrently=not args.blocking) else 1
 
 
@@ -35,14 +32,15 @@ def build(model: str | None, *, verbose: bool = False, concurrently: bool = True
     import dagster as dg
 
     from assemblage_assets.cli.launch import QUIET_LOGGING
+    from assemblage_assets.platform.dagster_home import ensure_dagster_home
 
-    settings.ensure_dagster_home()
+    ensure_dagster_home()
     from assemblage_assets.definitions import defs
 
     run_config: dict[str, Any] = {} if verbose else dict(QUIET_LOGGING)
     run_config["ops"] = {"vector_index": {"config": {"model": model or "", "concurrently": concurrently}}}
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("finalize_index_job").execute_in_process(
+        result = defs.resolve_job_def(FINALIZE_INDEX_JOB).execute_in_process(
             instance=instance, run_config=run_config, raise_on_error=False
         )
     if not result.success:
@@ -63,7 +61,7 @@ def build(model: str | None, *, verbose: bool = False, concurrently: bool = True
     return True
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Any, default_images: str) -> None:
     p = sub.add_parser("index", help="vector indexes: build deferred/missing HNSW indexes (finalize a bulk load), or list them")
     p.add_argument("action", choices=["build", "status"])
     p.add_argument("--model", help="only this model (default: every model needing an index)")

@@ -1,4 +1,5 @@
-"""Launch shard and vehicle jobs through Dagster from the CLI: same definitions, same instance as the UI."""
+"""Launch jobs through Dagster from the CLI: the same definitions and the same instance as the UI,
+so every run the CLI makes shows up there. Runs go in process, one partition at a time."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assemblage_assets.core import settings
+from assemblage_assets.cli.common import database_dsn
+from assemblage_assets.constants import EMBED_SHARD_JOB, VEHICLE_BACKFILL_JOB
 from assemblage_assets.images.shards import discover_shards
+from assemblage_assets.platform.dagster_home import ensure_dagster_home
 
 QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -35,7 +38,7 @@ def materialize_shards(
 ) -> list[ShardRun]:
     """Register the shards of ``images_dir`` and run ``job_name`` once per selected shard."""
     os.environ["IMAGES_DIR"] = str(images_dir)
-    settings.ensure_dagster_home()
+    ensure_dagster_home()
     import dagster as dg
 
     # Imported after IMAGES_DIR is set: resources read the environment when definitions load.
@@ -89,6 +92,49 @@ def run_partitions(
     return runs
 
 
+def launch_embed_runs(
+    shard: str | None = None, *, limit: int = 0, verbose: bool = False, progress: Any = print
+) -> list[Any]:
+    """One in-process ``embed_shard_job`` run per shard with missing vectors, in the instance the
+    UI reads; ``limit`` is shared by all of them (each run gets what the previous ones left).
+    Resources are built from the environment now, not when the definitions were first imported."""
+    import dagster as dg
+
+    from assemblage_assets.core import db
+    from assemblage_assets.embeddings.candidates import shards_missing_embeddings
+    from assemblage_assets.partitions import IMAGE_SHARDS, add_partitions
+    from resources import embedding
+    from resources.database import PostgresResource
+    from resources.image_library import ImageLibraryResource
+
+    ensure_dagster_home()
+    from assemblage_assets.definitions import defs
+
+    provider = embedding.from_env()
+    with db.connect(database_dsn()) as conn:
+        shards = shards_missing_embeddings(conn, provider.model_id)
+    if shard:
+        shards = [s for s in shards if s == shard]
+    instance = dg.DagsterInstance.get()
+    add_partitions(instance, IMAGE_SHARDS, shards)
+    job = defs.resolve_job_def(EMBED_SHARD_JOB)
+    resources = {"embedding": provider, "library": ImageLibraryResource.from_env(), "database": PostgresResource()}
+    runs, remaining = [], limit
+    for index, key in enumerate(shards, 1):
+        if limit and remaining <= 0:
+            break
+        run_config: dict[str, Any] = {} if verbose else dict(QUIET_LOGGING)
+        if limit:
+            run_config["ops"] = {"embeddings": {"config": {"limit": remaining}}}
+        run = run_partition(job, key, instance, run_config or None, resources)
+        metadata = run.metadata
+        runs.append(run)
+        state = f"{metadata.get('embedded', 0)} embedded" if run.success else f"FAILED: {run.error}"
+        progress(f"[{index}/{len(shards)}] {EMBED_SHARD_JOB} {key}: {state} ({run.seconds:.1f}s, run {run.run_id[:8]})")
+        remaining -= int(metadata.get("embedded", 0) or 0) + int(metadata.get("failed", 0) or 0)
+    return runs
+
+
 def materialize_vehicle_backfill(
     organization: str | None,
     options: dict[str, Any],
@@ -98,33 +144,33 @@ def materialize_vehicle_backfill(
 ) -> list[ShardRun]:
     """``vehicle_image_backfill`` for one organization, or for every organization with vehicles
     due (sharing ``options["limit"]`` like the schedule does), as runs of ``vehicle_backfill_job``."""
-    settings.ensure_dagster_home()
+    ensure_dagster_home()
     import dagster as dg
 
     from assemblage_assets.core import db
     from assemblage_assets.definitions import defs
-    from assemblage_assets.vehicles.backfill import backfill as vehicles
-    from schedules.trickle_backfill import register_organizations, run_config
+    from assemblage_assets.partitions import VEHICLE_ORGANIZATIONS, add_partitions
+    from assemblage_assets.vehicles import records
+    from assemblage_assets.vehicles.backfill import allocate
+    from assemblage_assets.vehicles.jobs import backfill_run_config
 
     limit = options.pop("limit")
     if organization:
         try:
-            vehicles.organization_filter(organization)
+            records.organization_filter(organization)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         plan = [(organization, limit)]
     else:
-        dsn = db.resolve_dsn()
-        db.migrate(dsn)
-        with db.connect(dsn) as conn:
-            plan = vehicles.allocate(vehicles.due_counts(conn), limit)
+        with db.connect(database_dsn()) as conn:
+            plan = allocate(records.due_counts(conn), limit)
         if not plan:
             progress("no vehicles due for image backfill")
             return []
     instance = dg.DagsterInstance.get()
-    added = register_organizations(instance, [key for key, _ in plan])
+    added = add_partitions(instance, VEHICLE_ORGANIZATIONS, [key for key, _ in plan])
     if added:
         progress(f"registered {len(added)} new organization partition(s): {', '.join(added)}")
     logging = {} if verbose else QUIET_LOGGING
-    configs = {key: {**logging, **run_config(n, **options)} for key, n in plan}
-    return run_partitions(defs.resolve_job_def("vehicle_backfill_job"), configs, instance, progress)
+    configs = {key: {**logging, **backfill_run_config(n, **options)} for key, n in plan}
+    return run_partitions(defs.resolve_job_def(VEHICLE_BACKFILL_JOB), configs, instance, progress)

@@ -214,6 +214,97 @@ def _encode_jpeg(img: Image.Image, exif: Image.Exif | None = None, **kw: object)
     return buf.getvalue()
 
 
+class _TreeWriter:
+    """Writes the files of one sample tree and remembers which bucket each belongs to."""
+
+    def __init__(self, root: Path, seed: int, size: tuple[int, int]) -> None:
+        self.root, self.seed, self.size = root, seed, size
+        self.rng = np.random.default_rng(seed)
+        self.counter = 0  # drives orientation cycling, file numbering and per-photo seeds
+        self.ok: list[str] = []
+        self.failed: list[str] = []
+        self.rejected: list[str] = []
+
+    def write(self, rel: str, data: bytes, bucket: list[str]) -> None:
+        rel = unicodedata.normalize("NFC", rel)  # one canonical spelling for unicode names
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        bucket.append(rel)
+
+    def photo(self, folder: str, year_range: tuple[int, int], city: str | None, name: str = "") -> None:
+        self.counter += 1
+        rng, counter = self.rng, self.counter
+        make, model, pattern = _CAMERAS[int(rng.integers(len(_CAMERAS)))]
+        start = datetime(year_range[0], 1, 1)
+        span = (datetime(year_range[1], 12, 31) - start).total_seconds()
+        taken = start + timedelta(seconds=int(rng.uniform(0, span)))
+        gps = None
+        if city is not None:
+            lat, lon = _CITIES[city]
+            gps = (lat + rng.uniform(-0.02, 0.02), lon + rng.uniform(-0.02, 0.02))
+        orientation = (counter - 1) % 8 + 1
+        exif = photo_exif(
+            make=make,
+            model=model,
+            taken=taken,
+            orientation=orientation,
+            gps=gps,
+            iso=int(rng.choice([100, 200, 400, 800, 1600, 3200])),
+            f_number=float(rng.choice([1.8, 2.8, 4.0, 5.6, 8.0])),
+            exposure=(1, int(rng.choice([30, 60, 125, 250, 1000]))),
+            focal_length_mm=float(rng.choice([6.9, 23.0, 35.0, 50.0, 85.0])),
+        )
+        img = _upright_photo(self.size, self.seed * 1000 + counter)
+        if (t := _STORE_TRANSPOSE[orientation]) is not None:
+            img = img.transpose(t)  # store as the camera would: inverse of the EXIF transform
+        name = name or pattern.format(100 + counter + self.seed % 1000)
+        rel = f"{folder}/{name}" if folder else name
+        self.write(rel, _encode_jpeg(img, exif, progressive=counter % 3 == 0), self.ok)
+
+    def photos(self, per_shard: int) -> None:
+        # Top-level shard: a single cover photo in the southern/eastern hemisphere.
+        self.photo("", (2021, 2021), "sydney", name="cover.jpg")
+        nested = per_shard // 3
+        for i in range(per_shard):
+            folder = "street-2019/day2" if i >= per_shard - nested else "street-2019"
+            self.photo(folder, (2019, 2019), "valparaiso" if folder.endswith("day2") else "buenos_aires")
+        for i in range(per_shard):
+            self.photo("Ferien Sommer 2023", (2023, 2023), None if i % 4 == 3 else "mallorca")
+        for i in range(per_shard):
+            self.photo("東京 夜景", (2020, 2024), "tokyo" if i % 2 else "new_york")
+
+    def other_formats(self) -> None:
+        """PNG with alpha, lossy WebP and LZW TIFF (half size keeps the tree small), and a text file."""
+        small = (self.size[0] // 2, self.size[1] // 2)
+        rgba = make_photo(*small, self.seed + 7).convert("RGBA")
+        yy, xx = np.mgrid[0 : small[1], 0 : small[0]]
+        dist = np.hypot((xx - small[0] / 2) / small[0], (yy - small[1] / 2) / small[1])
+        alpha = np.clip((0.5 - dist) * 4 * 255, 0, 255).astype(np.uint8)  # opaque centre, clear corners
+        rgba.putalpha(Image.fromarray(alpha, "L"))
+        self.write("Ferien Sommer 2023/strand.png", _encode(rgba, "PNG"), self.ok)
+        self.write("Ferien Sommer 2023/notes.txt", "Packliste: Sonnencreme, Kamera, Ladegerät\n".encode(), self.rejected)
+        self.write("東京 夜景/neon.webp", _encode(make_photo(*small, self.seed + 8), "WEBP", quality=80), self.ok)
+        tiff = _encode(make_photo(*small, self.seed + 9), "TIFF", compression="tiff_lzw")
+        self.write("misc_scans/scan.tiff", tiff, self.ok)
+
+    def broken(self) -> None:
+        """Files that must fail ``Image.open(...).load()``."""
+        valid_jpeg = _encode_jpeg(make_photo(640, 480, self.seed + 10))
+        self.write("misc_scans/truncated.jpg", valid_jpeg[: len(valid_jpeg) // 2], self.failed)
+        self.write("misc_scans/empty.jpg", b"", self.failed)
+        self.write("misc_scans/not-a-photo.jpg", b"This is not a JPEG, just text with the wrong name.\n", self.failed)
+        png = bytearray(_encode(make_photo(64, 48, self.seed + 11), "PNG"))
+        png[16:24] = b"\xff" * 8  # clobber IHDR width/height: IHDR CRC no longer matches
+        self.write("misc_scans/corrupt-header.png", bytes(png), self.failed)
+
+
+def _encode(img: Image.Image, fmt: str, **params: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
 def write_sample_tree(
     dest: Path,
     *,
@@ -245,108 +336,16 @@ def write_sample_tree(
     w, h = max(photo_size), min(photo_size)
     if w == h:
         w += 1  # keep "landscape" strictly true
-    root = Path(dest)
-    rng = np.random.default_rng(seed)
-    ok: list[str] = []
-    failed: list[str] = []
-    rejected: list[str] = []
-
-    def write(rel: str, data: bytes, bucket: list[str]) -> None:
-        rel = unicodedata.normalize("NFC", rel)  # one canonical spelling for unicode names
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        bucket.append(rel)
-
-    counter = 0  # drives orientation cycling, file numbering and per-photo seeds
-
-    def photo(folder: str, year_range: tuple[int, int], city: str | None, name: str = "") -> None:
-        nonlocal counter
-        counter += 1
-        make, model, pattern = _CAMERAS[int(rng.integers(len(_CAMERAS)))]
-        start = datetime(year_range[0], 1, 1)
-        span = (datetime(year_range[1], 12, 31) - start).total_seconds()
-        taken = start + timedelta(seconds=int(rng.uniform(0, span)))
-        gps = None
-        if city is not None:
-            lat, lon = _CITIES[city]
-            gps = (lat + rng.uniform(-0.02, 0.02), lon + rng.uniform(-0.02, 0.02))
-        orientation = (counter - 1) % 8 + 1
-        exif = photo_exif(
-            make=make,
-            model=model,
-            taken=taken,
-            orientation=orientation,
-            gps=gps,
-            iso=int(rng.choice([100, 200, 400, 800, 1600, 3200])),
-            f_number=float(rng.choice([1.8, 2.8, 4.0, 5.6, 8.0])),
-            exposure=(1, int(rng.choice([30, 60, 125, 250, 1000]))),
-            focal_length_mm=float(rng.choice([6.9, 23.0, 35.0, 50.0, 85.0])),
-        )
-        img = _upright_photo((w, h), seed * 1000 + counter)
-        if (t := _STORE_TRANSPOSE[orientation]) is not None:
-            img = img.transpose(t)  # store as the camera would: inverse of the EXIF transform
-        name = name or pattern.format(100 + counter + seed % 1000)
-        rel = f"{folder}/{name}" if folder else name
-        write(rel, _encode_jpeg(img, exif, progressive=counter % 3 == 0), ok)
-
-    # Top-level shard: a single cover photo in the southern/eastern hemisphere.
-    photo("", (2021, 2021), "sydney", name="cover.jpg")
-
-    nested = photos_per_shard // 3
-    for i in range(photos_per_shard):
-        folder = "street-2019/day2" if i >= photos_per_shard - nested else "street-2019"
-        photo(folder, (2019, 2019), "valparaiso" if folder.endswith("day2") else "buenos_aires")
-    for i in range(photos_per_shard):
-        photo("Ferien Sommer 2023", (2023, 2023), None if i % 4 == 3 else "mallorca")
-    for i in range(photos_per_shard):
-        photo("東京 夜景", (2020, 2024), "tokyo" if i % 2 else "new_york")
-
-    # Other formats (half size keeps the tree small).
-    small = (w // 2, h // 2)
-    rgba = make_photo(*small, seed + 7).convert("RGBA")
-    yy, xx = np.mgrid[0 : small[1], 0 : small[0]]
-    dist = np.hypot((xx - small[0] / 2) / small[0], (yy - small[1] / 2) / small[1])
-    alpha = np.clip((0.5 - dist) * 4 * 255, 0, 255).astype(np.uint8)  # opaque centre, clear corners
-    rgba.putalpha(Image.fromarray(alpha, "L"))
-    buf = io.BytesIO()
-    rgba.save(buf, "PNG")
-    write("Ferien Sommer 2023/strand.png", buf.getvalue(), ok)
-    write(
-        "Ferien Sommer 2023/notes.txt",
-        "Packliste: Sonnencreme, Kamera, Ladegerät\n".encode(),
-        rejected,
-    )
-
-    buf = io.BytesIO()
-    make_photo(*small, seed + 8).save(buf, "WEBP", quality=80)
-    write("東京 夜景/neon.webp", buf.getvalue(), ok)
-
-    buf = io.BytesIO()
-    make_photo(*small, seed + 9).save(buf, "TIFF", compression="tiff_lzw")
-    write("misc_scans/scan.tiff", buf.getvalue(), ok)
-
-    # Broken files: each must fail Image.open(...).load().
-    valid_jpeg = _encode_jpeg(make_photo(640, 480, seed + 10))
-    write("misc_scans/truncated.jpg", valid_jpeg[: len(valid_jpeg) // 2], failed)
-    write("misc_scans/empty.jpg", b"", failed)
-    write(
-        "misc_scans/not-a-photo.jpg",
-        b"This is not a JPEG, just text with the wrong name.\n",
-        failed,
-    )
-    buf = io.BytesIO()
-    make_photo(64, 48, seed + 11).save(buf, "PNG")
-    png = bytearray(buf.getvalue())
-    png[16:24] = b"\xff" * 8  # clobber IHDR width/height: IHDR CRC no longer matches
-    write("misc_scans/corrupt-header.png", bytes(png), failed)
-
+    tree = _TreeWriter(Path(dest), seed, (w, h))
+    tree.photos(photos_per_shard)
+    tree.other_formats()
+    tree.broken()
     return SampleTree(
-        root=root,
-        files=len(ok) + len(failed) + len(rejected),
-        expected_ok=len(ok),
-        expected_failed=len(failed),
-        expected_rejected=len(rejected),
+        root=tree.root,
+        files=len(tree.ok) + len(tree.failed) + len(tree.rejected),
+        expected_ok=len(tree.ok),
+        expected_failed=len(tree.failed),
+        expected_rejected=len(tree.rejected),
         shards=[
             "street-2019",
             "Ferien Sommer 2023",
@@ -354,7 +353,7 @@ def write_sample_tree(
             "misc_scans",
         ],
         has_top_level=True,
-        ok=ok,
-        failed=failed,
-        rejected=rejected,
+        ok=tree.ok,
+        failed=tree.failed,
+        rejected=tree.rejected,
     )

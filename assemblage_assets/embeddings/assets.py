@@ -1,72 +1,62 @@
-"""``embeddings``: the fourth stage of every directory shard, a vector per processed image."""
+"""``embeddings`` (the fourth stage of every directory shard, a vector per processed image, with
+its two checks) and ``vector_index`` (the finalize step of a bulk load)."""
 
 import dagster as dg
-from psycopg.rows import tuple_row
+import psycopg
 
 from assemblage_assets.core import settings
 from assemblage_assets.core.metadata import stage_metadata
-from assemblage_assets.embeddings import retry_queue
-from assemblage_assets.embeddings.embed import count_candidates, embed_shard
+from assemblage_assets.embeddings import retry_queue, vectors
+from assemblage_assets.embeddings.candidates import count_candidates
+from assemblage_assets.embeddings.embed import embed_shard
+from assemblage_assets.embeddings.index_build import finalize
 from assemblage_assets.embeddings.usage_log import run_cost
-from assemblage_assets.images.assets import r2_objects
 from assemblage_assets.partitions import image_shards_partitions_def
 from assemblage_assets.platform.celery_queues import gpu_op_tags
 from resources.database import PostgresResource
-from resources.embedding import POOLS, EmbeddingResource, provider_from_env
+from resources.embedding import EmbeddingResource, provider_class
 from resources.embedding.types import ProviderConfigError
 from resources.image_library import ImageLibraryResource
-
-KINDS = {"local_clip": "pytorch", "replicate": "replicate", "openai": "openai"}
 
 
 class EmbeddingsConfig(dg.Config):
     limit: int = 0  # images per run at most; 0: EMBED_LIMIT, else all
 
 
-def _check_results(conn, shard: str, embedding: EmbeddingResource) -> list[dg.AssetCheckResult]:
+def _check_results(conn: psycopg.Connection, shard: str, embedding: EmbeddingResource) -> list[dg.AssetCheckResult]:
     model = embedding.model_id
     missing = count_candidates(conn, shard, model)
-    waiting = conn.cursor(row_factory=tuple_row).execute(
-        """SELECT count(*) FILTER (WHERE q.status = 'retry'), count(*) FILTER (WHERE q.status = 'errored')
-           FROM embedding_queue q WHERE q.model = %s
-             AND EXISTS (SELECT 1 FROM processing_log p WHERE p.image_id = q.image_id AND p.shard = %s)""",
-        (model, shard),
-    ).fetchone()
-    dims = conn.cursor(row_factory=tuple_row).execute(
-        """SELECT count(*), count(*) FILTER (WHERE e.dim <> %s OR vector_dims(e.embedding) <> %s)
-           FROM image_embeddings e WHERE e.model = %s
-             AND EXISTS (SELECT 1 FROM processing_log p WHERE p.image_id = e.image_id AND p.shard = %s)""",
-        (embedding.dim, embedding.dim, model, shard),
-    ).fetchone()
+    retry_pending, errored = retry_queue.shard_queue_counts(conn, shard, model)
+    stored, mismatched = vectors.shard_vector_dims(conn, shard, model, embedding.dim)
     return [
         dg.AssetCheckResult(
             check_name="embedding_count",
-            passed=missing == 0 and waiting[1] == 0,
+            passed=missing == 0 and errored == 0,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
-                "vectors": dims[0], "missing": missing, "retry_pending": waiting[0], "errored": waiting[1],
+                "vectors": stored, "missing": missing, "retry_pending": retry_pending, "errored": errored,
                 "model": model,
             },
         ),
         dg.AssetCheckResult(
             check_name="vector_dim",
-            passed=dims[1] == 0 and (not embedding.expected_vector_dim or embedding.dim == embedding.expected_vector_dim),
-            metadata={"dim": embedding.dim, "expected": embedding.expected_vector_dim, "mismatched": dims[1]},
+            passed=mismatched == 0 and (not embedding.expected_vector_dim or embedding.dim == embedding.expected_vector_dim),
+            metadata={"dim": embedding.dim, "expected": embedding.expected_vector_dim, "mismatched": mismatched},
         ),
     ]
 
 
-def build_embeddings_asset(provider: str) -> dg.AssetsDefinition:
+def build_embeddings_asset(provider: type[EmbeddingResource]) -> dg.AssetsDefinition:
     """The asset, in the concurrency pool of the configured provider's external system
     (``gpu`` for local CLIP, ``replicate``, ``openai``)."""
 
     @dg.asset(
         name="embeddings",
         partitions_def=image_shards_partitions_def,
-        deps=[r2_objects],
+        deps=[dg.AssetKey("r2_objects")],  # the images area publishes before vectors are made
         group_name="embeddings",
-        kinds={KINDS[provider], "postgres"},
-        pool=POOLS[provider],
+        kinds={provider.kind, "postgres"},
+        pool=provider.pool,
         op_tags=gpu_op_tags(),  # the celery job sends this step to GPU workers
         retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
         check_specs=[
@@ -121,4 +111,44 @@ def build_embeddings_asset(provider: str) -> dg.AssetsDefinition:
     return embeddings
 
 
-embeddings = build_embeddings_asset(provider_from_env())
+embeddings = build_embeddings_asset(provider_class())
+
+
+class VectorIndexConfig(dg.Config):
+    model: str = ""  # only this model; empty: every model whose index is missing, deferred or invalid
+    concurrently: bool = True  # False: plain CREATE INDEX (faster, blocks embedding writes meanwhile)
+
+
+@dg.asset(
+    deps=[embeddings],
+    group_name="embeddings",
+    kinds={"postgres"},
+)
+def vector_index(context: dg.AssetExecutionContext, config: VectorIndexConfig, database: PostgresResource) -> dg.MaterializeResult:
+    """The HNSW cosine index of every model whose index was deferred (bulk-load mode,
+    ``EMBED_DEFER_INDEX=1``), is missing or was left invalid by an interrupted build: built once
+    with ``maintenance_work_mem`` sized to the graph and parallel workers, CONCURRENTLY so
+    embedding runs can keep writing, then VACUUM ANALYZE. Models already indexed are only reported."""
+    with database.connect() as conn:
+        report = finalize(conn, config.model or None, concurrently=config.concurrently, log=context.log.info)
+    metadata: dict[str, dg.MetadataValue] = {
+        "built": dg.MetadataValue.int(len(report.built)),
+        "models": dg.MetadataValue.json(report.as_dict()["models"]),
+    }
+    if report.vacuum_seconds is not None:
+        metadata["vacuum_analyze_seconds"] = dg.MetadataValue.float(report.vacuum_seconds)
+    if len(report.built) == 1:  # the usual case: one model, its figures as plottable numbers
+        built = report.built[0]
+        metadata |= {
+            "model": dg.MetadataValue.text(built.model),
+            "build_seconds": dg.MetadataValue.float(built.build_seconds or 0.0),
+            "index_bytes": dg.MetadataValue.int(built.index_bytes or 0),
+            "rows": dg.MetadataValue.int(built.rows),
+            "m": dg.MetadataValue.int(built.m or 0),
+            "ef_construction": dg.MetadataValue.int(built.ef_construction or 0),
+            "maintenance_work_mem": dg.MetadataValue.text(built.maintenance_work_mem or ""),
+            "parallel_workers": dg.MetadataValue.int(built.workers or 0),
+        }
+    for result in report.models:
+        context.log.info(f"{result.model}: {result.action} ({result.index_name or 'no index'})")
+    return dg.MaterializeResult(metadata=metadata)

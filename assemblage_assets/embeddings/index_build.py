@@ -22,7 +22,6 @@ statistics for the new rows). A model already indexed is only reported.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -167,18 +166,14 @@ def build_model_index(
         if status == "valid":
             if model["index_state"] != "ready" or model["index_name"] != name:
                 result.action = "recorded"  # built by a finalize that stopped before recording it
-                conn.execute(
-                    "UPDATE embedding_models SET index_name = %s, index_state = 'ready' WHERE model = %s",
-                    (name, model["model"]),
-                )
+                vectors.record_index_ready(conn, model["model"], name)
             result.index_bytes = _index_bytes(conn, name)
             return result
         if status == "invalid":
             log(f"{model['model']}: dropping invalid index {name} left by an interrupted build")
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
         result.action = "rebuilt" if status == "invalid" else "built"
-        result.rows = int(cur.execute(
-            "SELECT count(*) AS n FROM image_embeddings WHERE model = %s", (model["model"],)).fetchone()["n"])
+        result.rows = vectors.count_vectors(conn, model["model"])
         result.m, result.ef_construction = vectors.hnsw_params()
         plan = plan_build(conn, result.rows, result.dim, result.m)
         result.maintenance_work_mem = f"{plan.maintenance_work_mem_kb // 1024}MB"
@@ -207,11 +202,7 @@ def build_model_index(
         params = {"m": result.m, "ef_construction": result.ef_construction,
                   "maintenance_work_mem": result.maintenance_work_mem, "workers": plan.workers,
                   "rows": result.rows, "concurrently": concurrently, "graph_fit_in_memory": result.graph_fit_in_memory}
-        conn.execute(
-            """UPDATE embedding_models SET index_name = %s, index_state = 'ready', index_built_at = now(),
-                   index_build_seconds = %s, index_params = %s::jsonb WHERE model = %s""",
-            (name, result.build_seconds, json.dumps(params), model["model"]),
-        )
+        vectors.record_index_built(conn, model["model"], name, result.build_seconds, params)
         log(f"{model['model']}: built in {result.build_seconds:.1f} s, {result.index_bytes / 1e6:.1f} MB")
         return result
     finally:
@@ -227,11 +218,7 @@ def finalize(
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE or not conn.autocommit:
         raise ValueError("finalize needs an autocommit connection (CREATE INDEX CONCURRENTLY and VACUUM "
                          "cannot run inside a transaction)")
-    models = conn.cursor(row_factory=dict_row).execute(
-        "SELECT model, dim, index_name, index_state FROM embedding_models "
-        "WHERE %(model)s::text IS NULL OR model = %(model)s ORDER BY created_at, model",
-        {"model": model},
-    ).fetchall()
+    models = vectors.models_for_index(conn, model)
     if model is not None and not models:
         raise ValueError(f"no model {model!r} in embedding_models")
     report = FinalizeReport([build_model_index(conn, m, concurrently=concurrently, log=log) for m in models])

@@ -5,7 +5,7 @@ parked as ``errored`` with the reason until someone resets them.
 An image's first failure and its next two retries wait 1, 2 and 5 minutes; when the third
 retry fails too (``MAX_RETRIES``) it becomes ``errored``: left out of runs, the sensor and the
 schedule, with the reason in ``last_error`` and in ``processing_log.error_message``
-(``error_kind = 'embedding'``; the path keeps its status). ``assemblage embed --reset-errors``
+(``error_kind = 'embedding'``, through ``catalog.note_errors``; the path keeps its status). ``assemblage embed --reset-errors``
 puts it back. A success removes the row.
 """
 
@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
+
+from assemblage_assets.constants import DERIVED_STATUSES
+from assemblage_assets.images import catalog
 
 BACKOFF_MINUTES = (1, 2, 5)
 MAX_RETRIES = len(BACKOFF_MINUTES)
@@ -50,16 +53,10 @@ def record_failures(
         )
         rows = cur.fetchall()
         errored = [r for r in rows if r["status"] == "errored"]
-        if errored:
-            cur.executemany(
-                """UPDATE processing_log SET error_kind = %s, error_message = %s, updated_at = now()
-                   WHERE image_id = %s AND status NOT IN ('failed', 'rejected')""",
-                [
-                    (ERROR_KIND, f"embedding with {model} failed {r['retry_count']} times; last error: {r['last_error']}",
-                     r["image_id"])
-                    for r in errored
-                ],
-            )
+        catalog.note_errors(conn, ERROR_KIND, [
+            (r["image_id"], f"embedding with {model} failed {r['retry_count']} times; last error: {r['last_error']}")
+            for r in errored
+        ])
     return {"retry": len(rows) - len(errored), "errored": len(errored)}
 
 
@@ -89,11 +86,7 @@ def record_success(conn: psycopg.Connection, model: str, image_ids: Sequence[str
     conn.execute(
         "DELETE FROM embedding_queue WHERE model = %s AND image_id = ANY(%s::uuid[])", (model, list(image_ids))
     )
-    conn.execute(
-        """UPDATE processing_log SET error_kind = NULL, error_message = NULL, updated_at = now()
-           WHERE image_id = ANY(%s::uuid[]) AND error_kind = %s AND status NOT IN ('failed', 'rejected')""",
-        (list(image_ids), ERROR_KIND),
-    )
+    catalog.clear_errors(conn, ERROR_KIND, image_ids)
 
 
 def reset_errors(conn: psycopg.Connection, model: str | None = None) -> int:
@@ -105,12 +98,7 @@ def reset_errors(conn: psycopg.Connection, model: str | None = None) -> int:
             {"m": model},
         ).fetchall()
         ids = [r["image_id"] for r in rows]
-        if ids:
-            conn.execute(
-                """UPDATE processing_log SET error_kind = NULL, error_message = NULL, updated_at = now()
-                   WHERE image_id = ANY(%s::uuid[]) AND error_kind = %s""",
-                (ids, ERROR_KIND),
-            )
+        catalog.clear_errors(conn, ERROR_KIND, ids)
     return len(ids)
 
 
@@ -120,9 +108,9 @@ def due_shards(conn: psycopg.Connection, model: str, limit: int = 100) -> list[s
         """SELECT DISTINCT p.shard FROM embedding_queue q
            JOIN processing_log p ON p.image_id = q.image_id
            WHERE q.model = %s AND q.status = 'retry' AND q.next_attempt_at <= now()
-             AND p.status IN ('processed', 'uploaded', 'indexed')
+             AND p.status = ANY(%s)
            ORDER BY p.shard LIMIT %s""",
-        (model, limit),
+        (model, list(DERIVED_STATUSES), limit),
     ).fetchall()
     return [r["shard"] for r in rows]
 
@@ -149,3 +137,14 @@ def errored(conn: psycopg.Connection, model: str | None = None, limit: int = 20)
            ORDER BY q.updated_at DESC LIMIT %(limit)s""",
         {"m": model, "limit": limit},
     ).fetchall()
+
+
+def shard_queue_counts(conn: psycopg.Connection, shard: str, model: str) -> tuple[int, int]:
+    """(waiting for a retry, errored) images of the shard for ``model``."""
+    row = conn.cursor(row_factory=tuple_row).execute(
+        """SELECT count(*) FILTER (WHERE q.status = 'retry'), count(*) FILTER (WHERE q.status = 'errored')
+           FROM embedding_queue q WHERE q.model = %s
+             AND EXISTS (SELECT 1 FROM processing_log p WHERE p.image_id = q.image_id AND p.shard = %s)""",
+        (model, shard),
+    ).fetchone()
+    return int(row[0]), int(row[1])

@@ -17,62 +17,24 @@ from typing import Any
 
 import dagster as dg
 import psycopg
-from psycopg.rows import tuple_row
 
-from assemblage_assets.embeddings.embed import ELIGIBLE_STATUSES
-from assemblage_assets.partitions import IMAGE_SHARDS
+from assemblage_assets.constants import EMBED_SHARD_JOB, MODEL_TAG, TRIGGER_TAG
+from assemblage_assets.embeddings.candidates import shards_missing_embeddings
+from assemblage_assets.images import catalog
+from assemblage_assets.partitions import IMAGE_SHARDS, partitions_in_flight
 from resources.database import PostgresResource
 from resources.embedding import active_model_id
 
-EMBED_JOB = "embed_shard_job"
 EMBEDDINGS_ASSET = "embeddings"
 MAX_RUNS_PER_TICK = 25
 MAX_BACKLOG = 1000  # keeps the cursor small; an overflow forces the next full scan
 FULL_SCAN_SECONDS = 3600
 OVERLAP_SECONDS = 120  # rows committed late with an earlier updated_at are still seen
-WAITING_STATUSES = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
-def shards_missing_embeddings(
-    conn: psycopg.Connection, model: str, *, changed_since: datetime | None = None, among: list[str] | None = None
-) -> list[str]:
-    """Shards with an eligible image lacking a vector for ``model`` (not errored, retry not
-    pending). ``changed_since`` limits the look to shards with rows updated after it;
-    ``among`` adds specific shards to look at (the backlog)."""
-    return [
-        r[0]
-        for r in conn.cursor(row_factory=tuple_row).execute(
-            """WITH looked AS (
-                   SELECT DISTINCT shard FROM processing_log
-                   WHERE %(since)s::timestamptz IS NULL OR updated_at > %(since)s
-                   UNION SELECT unnest(%(among)s::text[]))
-               SELECT p.shard FROM processing_log p JOIN looked USING (shard)
-               WHERE p.status = ANY(%(statuses)s)
-                 AND NOT EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = p.image_id AND e.model = %(model)s)
-                 AND NOT EXISTS (SELECT 1 FROM embedding_queue q WHERE q.image_id = p.image_id AND q.model = %(model)s
-                                 AND (q.status = 'errored' OR q.next_attempt_at > now()))
-               GROUP BY p.shard ORDER BY p.shard""",
-            {"since": changed_since, "among": among or [], "model": model, "statuses": list(ELIGIBLE_STATUSES)},
-        )
-    ]
-
-
-def partitions_with_waiting_runs(instance: dg.DagsterInstance) -> set[str]:
+def embedding_runs_in_flight(instance: dg.DagsterInstance) -> set[str]:
     """Shards with an embeddings run queued or in progress (the job, or any run selecting the asset)."""
-    busy = set()
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=WAITING_STATUSES)):
-        key = run.tags.get("dagster/partition")
-        if not key:
-            continue
-        selection = run.asset_selection or set()
-        if run.job_name == EMBED_JOB or any(k.to_user_string() == EMBEDDINGS_ASSET for k in selection):
-            busy.add(key)
-    return busy
+    return partitions_in_flight(instance, EMBED_SHARD_JOB, EMBEDDINGS_ASSET)
 
 
 def _load_cursor(raw: str | None) -> dict[str, Any]:
@@ -96,7 +58,7 @@ def evaluate(
 ) -> tuple[list[dg.RunRequest], str, str]:
     """One tick: (run requests, new cursor, summary). Separate from the decorator for the CLI and tests."""
     cursor = _load_cursor(raw_cursor)
-    now = conn.cursor(row_factory=tuple_row).execute("SELECT now()").fetchone()[0]
+    now = catalog.database_now(conn)
     since = _parse_time(cursor.get("since"))
     full_scan_at = _parse_time(cursor.get("full_scan_at"))
     full = (
@@ -108,7 +70,7 @@ def evaluate(
         conn, model, changed_since=None if full else since - timedelta(seconds=OVERLAP_SECONDS), among=backlog
     )
     registered = set(instance.get_dynamic_partitions(IMAGE_SHARDS))
-    busy = partitions_with_waiting_runs(instance)
+    busy = embedding_runs_in_flight(instance)
     wanted = [s for s in missing if s in registered]
     to_run = [s for s in wanted if s not in busy][:max_runs]
     left = [s for s in wanted if s not in set(to_run)]
@@ -117,7 +79,7 @@ def evaluate(
         dg.RunRequest(
             partition_key=shard,
             run_key=f"missing:{shard}:{tick}",
-            tags={"assemblage/trigger": "missing_embeddings_sensor", "assemblage/model": model[:60]},
+            tags={TRIGGER_TAG: "missing_embeddings_sensor", MODEL_TAG: model[:60]},
         )
         for shard in to_run
     ]
@@ -138,7 +100,7 @@ def evaluate(
 
 @dg.sensor(
     name="missing_embeddings_sensor",
-    job_name=EMBED_JOB,
+    job_name=EMBED_SHARD_JOB,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Requests embeddings runs for shards whose processed images lack a vector for the active model.",

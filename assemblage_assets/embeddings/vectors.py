@@ -12,6 +12,7 @@ Queries use the same expression and predicate (``search.py``), so the planner pi
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -203,7 +204,57 @@ def stored_vector(conn: psycopg.Connection, image_id: str, model: str) -> np.nda
     return None if row is None else np.array(row[0].strip("[]").split(","), dtype=np.float32)
 
 
-def model_info(conn: psycopg.Connection, model: str) -> dict | None:
-    return conn.cursor(row_factory=dict_row).execute(
-        "SELECT model, provider, dim, source, index_name, index_state FROM embedding_models WHERE model = %s", (model,)
+def has_vector(conn: psycopg.Connection, image_id: str, model: str) -> bool:
+    return bool(conn.cursor(row_factory=tuple_row).execute(
+        "SELECT EXISTS (SELECT 1 FROM image_embeddings WHERE image_id = %s AND model = %s)", (image_id, model)
+    ).fetchone()[0])
+
+
+def shard_vector_dims(conn: psycopg.Connection, shard: str, model: str, dim: int) -> tuple[int, int]:
+    """(vectors of the shard's images for ``model``, how many of them are not ``dim``-d)."""
+    row = conn.cursor(row_factory=tuple_row).execute(
+        """SELECT count(*), count(*) FILTER (WHERE e.dim <> %s OR vector_dims(e.embedding) <> %s)
+           FROM image_embeddings e WHERE e.model = %s
+             AND EXISTS (SELECT 1 FROM processing_log p WHERE p.image_id = e.image_id AND p.shard = %s)""",
+        (dim, dim, model, shard),
     ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+# --- embedding_models: the index state of each model -------------------------------------------
+
+
+def models_for_index(conn: psycopg.Connection, model: str | None = None) -> list[dict]:
+    """Every model (or one) with its index name and state, oldest first."""
+    return conn.cursor(row_factory=dict_row).execute(
+        "SELECT model, dim, index_name, index_state FROM embedding_models "
+        "WHERE %(model)s::text IS NULL OR model = %(model)s ORDER BY created_at, model",
+        {"model": model},
+    ).fetchall()
+
+
+def index_states(conn: psycopg.Connection) -> list[dict]:
+    """What ``assemblage index status`` shows: per model its vectors, index state and last build."""
+    return conn.cursor(row_factory=dict_row).execute(
+        """SELECT model, dim, index_state, index_name, index_build_seconds, index_params,
+                  (SELECT count(*) FROM image_embeddings e WHERE e.model = m.model) AS vectors
+           FROM embedding_models m ORDER BY created_at"""
+    ).fetchall()
+
+
+def record_index_ready(conn: psycopg.Connection, model: str, name: str) -> None:
+    """A valid index exists (built by a finalize that stopped before recording it)."""
+    conn.execute("UPDATE embedding_models SET index_name = %s, index_state = 'ready' WHERE model = %s", (name, model))
+
+
+def record_index_built(conn: psycopg.Connection, model: str, name: str, seconds: float | None, params: dict) -> None:
+    conn.execute(
+        """UPDATE embedding_models SET index_name = %s, index_state = 'ready', index_built_at = now(),
+               index_build_seconds = %s, index_params = %s::jsonb WHERE model = %s""",
+        (name, seconds, json.dumps(params), model),
+    )
+
+
+def count_vectors(conn: psycopg.Connection, model: str) -> int:
+    return int(conn.cursor(row_factory=tuple_row).execute(
+        "SELECT count(*) FROM image_embeddings WHERE model = %s", (model,)).fetchone()[0])

@@ -149,14 +149,11 @@ def _gps(gps: Mapping[int, Any]) -> dict[str, float] | None:
     return out
 
 
-def extract_exif(img: Image.Image) -> ExifSummary:
-    """Summarise ``img``'s EXIF. Never raises; see :class:`ExifSummary`."""
-    errors: list[str] = []
-    data: dict[str, Any] = {}
+def _read_ifds(img: Image.Image, errors: list[str]) -> tuple[Mapping[int, Any], Mapping[int, Any], Mapping[int, Any]]:
+    """IFD0, the Exif IFD and the GPS IFD, each empty when unreadable (the reason goes to ``errors``)."""
     ifd0: Mapping[int, Any] = {}
     exif_ifd: Mapping[int, Any] = {}
     gps_ifd: Mapping[int, Any] = {}
-
     # Pillow warns (instead of raising) on corrupt EXIF; record it rather than spam logs.
     # Note: catch_warnings is process-global, so this is not thread-safe for warning output.
     with warnings.catch_warnings(record=True) as caught:
@@ -178,10 +175,17 @@ def extract_exif(img: Image.Image) -> ExifSummary:
                     exif_ifd = sub
                 else:
                     gps_ifd = sub
-
     for w in caught:
         if issubclass(w.category, UserWarning):
             errors.append(" ".join(str(w.message).split()).rstrip("."))
+    return ifd0, exif_ifd, gps_ifd
+
+
+def extract_exif(img: Image.Image) -> ExifSummary:
+    """Summarise ``img``'s EXIF. Never raises; see :class:`ExifSummary`."""
+    errors: list[str] = []
+    data: dict[str, Any] = {}
+    ifd0, exif_ifd, gps_ifd = _read_ifds(img, errors)
 
     fields: list[tuple[str, Mapping[int, Any], int, Callable[[Any], Any]]] = [
         ("make", ifd0, B.Make, _text),

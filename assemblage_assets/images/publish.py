@@ -157,6 +157,45 @@ class _Pending:
     error: ObjectStoreError | None = None
 
 
+def _stored_sizes(conn: psycopg.Connection, images: Sequence[ImageObjects], store: ObjectStore) -> dict[str, int]:
+    """Size of each expected object the store already holds (nothing asked with ``SKIP_R2_HEAD``)."""
+    present: dict[str, int] = {}
+    if store.existence_check != "none":
+        population = directory_population(conn, images, store)
+        for visibility in ("private", "public"):
+            keys = [o.key for i in images for o in i.objects if o.visibility == visibility]
+            present.update(store.existing(visibility, keys, population))
+    return present
+
+
+@dataclass
+class _Decided:
+    """Images whose outcome is known since the last commit; ``flush`` records them in the catalogue."""
+
+    conn: psycopg.Connection
+    store: ObjectStore
+    report: StageReport
+    confirmed: list[ImageObjects] = field(default_factory=list)
+    failed: list[tuple[ImageObjects, str, str]] = field(default_factory=list)
+    requeued: list[ImageObjects] = field(default_factory=list)
+
+    def flush(self) -> None:
+        report = self.report
+        report.counts["images_published"] += record_published(self.conn, self.confirmed, self.store)
+        report.counts["images_verified"] += sum(1 for i in self.confirmed if not i.needs_status)
+        catalog.record_publish_failed(self.conn, [(item.image_id, kind, message) for item, kind, message in self.failed])
+        catalog.requeue_for_derivation(self.conn, [item.image_id for item in self.requeued])
+        for item, kind, message in self.failed:
+            report.add_failure(item.paths[0], kind, message)
+        for item in self.requeued:
+            report.add_failure(item.paths[0], "derivative-missing", "requeued for derivation")
+        report.counts["images_failed"] += len(self.failed)
+        report.counts["images_requeued"] += len(self.requeued)
+        self.confirmed.clear()
+        self.failed.clear()
+        self.requeued.clear()
+
+
 def publish_shard(
     conn: psycopg.Connection,
     shard: str,
@@ -181,44 +220,21 @@ def publish_shard(
         report.seconds = time.perf_counter() - started
         return report
 
-    present: dict[str, int] = {}
-    if store.existence_check != "none":
-        population = directory_population(conn, images, store)
-        for visibility in ("private", "public"):
-            keys = [o.key for i in images for o in i.objects if o.visibility == visibility]
-            present.update(store.existing(visibility, keys, population))
-
-    confirmed: list[ImageObjects] = []
-    failed: list[tuple[ImageObjects, str, str]] = []
-    requeued: list[ImageObjects] = []
+    present = _stored_sizes(conn, images, store)
+    decided = _Decided(conn, store, report)
     uploads: list[tuple[_Pending, ObjectSpec]] = []
     for item in images:
         missing = [o for o in item.objects if not _stored(o, present)]
         report.counts["objects_skipped"] += len(item.objects) - len(missing)
         if any(o.visibility == "public" and o.size is None for o in missing):
-            requeued.append(item)
+            decided.requeued.append(item)
         elif not missing:
-            confirmed.append(item)
+            decided.confirmed.append(item)
         else:
             pending = _Pending(item, len(missing))
             uploads.extend((pending, spec) for spec in missing)
 
-    def flush() -> None:
-        report.counts["images_published"] += record_published(conn, confirmed, store)
-        report.counts["images_verified"] += sum(1 for i in confirmed if not i.needs_status)
-        catalog.record_publish_failed(conn, [(item.image_id, kind, message) for item, kind, message in failed])
-        catalog.requeue_for_derivation(conn, [item.image_id for item in requeued])
-        for item, kind, message in failed:
-            report.add_failure(item.paths[0], kind, message)
-        for item in requeued:
-            report.add_failure(item.paths[0], "derivative-missing", "requeued for derivation")
-        report.counts["images_failed"] += len(failed)
-        report.counts["images_requeued"] += len(requeued)
-        confirmed.clear()
-        failed.clear()
-        requeued.clear()
-
-    flush()  # images already complete are recorded before any upload
+    decided.flush()  # images already complete are recorded before any upload
     total = len(uploads)
     try:
         with closing(_upload_all(store, uploads)) as outcomes:
@@ -228,19 +244,19 @@ def publish_shard(
                 _account(report, pending, outcome)
                 if pending.remaining == 0:
                     if pending.error is None:
-                        confirmed.append(pending.item)
+                        decided.confirmed.append(pending.item)
                     elif isinstance(pending.error, TransientStoreError):
                         report.counts["images_deferred"] += 1
                         report.add_failure(pending.item.paths[0], pending.error.kind, f"will retry: {pending.error}")
                     else:
-                        failed.append((pending.item, pending.error.kind, str(pending.error)))
-                if len(confirmed) + len(failed) >= commit_every:
-                    flush()
+                        decided.failed.append((pending.item, pending.error.kind, str(pending.error)))
+                if len(decided.confirmed) + len(decided.failed) >= commit_every:
+                    decided.flush()
                     if progress:
                         done = report.counts[RATE_KEY] + report.counts["objects_failed"]
                         progress(f"uploaded {done:,}/{total:,} objects of shard {shard}")
     finally:
-        flush()  # whatever was confirmed before an error is kept
+        decided.flush()  # whatever was confirmed before an error is kept
         report.seconds = time.perf_counter() - started
     return report
 

@@ -3,18 +3,13 @@
 import dagster as dg
 from pydantic import Field
 
-from assemblage_assets.core.metadata import _md_escape
-from assemblage_assets.vehicles import backfill as vehicles
+from assemblage_assets.core.metadata import md_table
+from assemblage_assets.partitions import vehicle_organizations_partitions_def
+from assemblage_assets.vehicles import backfill, records
 from resources.database import PostgresResource
 from resources.image_fetch import ImageFetchResource
 from resources.image_library import ImageLibraryResource
 from resources.object_store import ObjectStore, StoreConfigError, TransientStoreError
-
-VEHICLE_ORGANIZATIONS = "vehicle_organizations"
-
-# One partition per organization id; vehicles without one share vehicles.NO_ORGANIZATION.
-# Added by trickle_backfill_schedule and `assemblage backfill-vehicles` before they launch runs.
-vehicle_organizations_partitions_def = dg.DynamicPartitionsDefinition(name=VEHICLE_ORGANIZATIONS)
 
 
 class VehicleBackfillConfig(dg.Config):
@@ -32,8 +27,8 @@ class VehicleBackfillConfig(dg.Config):
         default=30.0, description="Wait before the 2nd attempt; doubles each time (max 1 day)."
     )
 
-    def options(self) -> vehicles.BackfillOptions:
-        return vehicles.BackfillOptions(**self.model_dump())
+    def options(self) -> backfill.BackfillOptions:
+        return backfill.BackfillOptions(**self.model_dump())
 
 
 @dg.asset(
@@ -68,7 +63,7 @@ def vehicle_image_backfill(
     organization = context.partition_key
     with database.connect() as conn, image_fetch.fetcher() as fetcher:
         try:
-            report = vehicles.backfill_organization(
+            report = backfill.backfill_organization(
                 conn,
                 organization,
                 fetcher=fetcher,
@@ -79,7 +74,7 @@ def vehicle_image_backfill(
             )
         except StoreConfigError as exc:
             raise dg.Failure(description=f"object store rejected the upload: {exc}", allow_retries=False) from None
-        remaining = dict(vehicles.due_counts(conn)).get(organization, 0)
+        remaining = dict(records.due_counts(conn)).get(organization, 0)
     counts = report.counts
     metadata: dict[str, object] = {
         "dry_run": options.dry_run,
@@ -94,14 +89,9 @@ def vehicle_image_backfill(
         "seconds": round(report.seconds, 2),
     }
     if report.failures:
-        metadata["failures"] = dg.MetadataValue.md(_table(("vehicle", "url", "reason"), report.failures))
+        metadata["failures"] = dg.MetadataValue.md(md_table(("vehicle", "url", "reason"), report.failures))
     if options.dry_run:
         metadata["urls_planned"] = counts["urls_planned"]
         metadata["would_fetch"] = dg.MetadataValue.json(dict(report.planned))
     return dg.MaterializeResult(metadata=metadata)
 
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_escape(str(c)) for c in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -1,0 +1,16 @@
+"""The embeddings area in Dagster: vectors per image from the configured provider, kept complete
+by the missing-embeddings sensor (and by ``schedules/retry_queue.py``, merged at the top)."""
+
+import dagster as dg
+
+from assemblage_assets.embeddings.assets import embeddings, vector_index
+from assemblage_assets.embeddings.jobs import embed_shard_job, finalize_index_job
+from assemblage_assets.embeddings.sensors import missing_embeddings_sensor
+
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[embeddings, vector_index],
+        jobs=[embed_shard_job, finalize_index_job],
+        sensors=[missing_embeddings_sensor],
+    )

@@ -97,9 +97,9 @@ def _register(dsn: str, shard: str, files: list[Path], where: Path, cache: Path)
 def bench_model(
     arch: str, models: Path, files: list[Path], batch: int, n_single: int, dsn: str, device: str | None, repeats: int
 ) -> dict:
-    from assemblage_assets import embed
     from assemblage_assets.core import db
     from assemblage_assets.dev.tiny_clip import build_clip_checkpoint
+    from assemblage_assets.embeddings import embed
     from assemblage_assets.embeddings.tags import PROMPT, load_vocabulary
     from resources.embedding import LocalClipEmbedding
     from resources.embedding.clip_encoder import ClipEncoder, decode_for_clip

@@ -165,12 +165,12 @@ def _run_direct(shards: list[str], timings: dict[str, list[tuple[float, float]]]
 
 
 def _direct_shard(dsn: str, key: str, library, store, timings: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
-    from assemblage_assets import embedding_assets as ea
-    from assemblage_assets import object_assets as oa
     from assemblage_assets.core import db
+    from assemblage_assets.embeddings import assets as ea
     from assemblage_assets.embeddings import retry_queue
     from assemblage_assets.embeddings.embed import embed_shard
     from assemblage_assets.embeddings.usage_log import run_cost
+    from assemblage_assets.images import assets as oa
     from assemblage_assets.images import catalog
     from assemblage_assets.images.derive import derive_shard
     from assemblage_assets.images.publish import publish_shard

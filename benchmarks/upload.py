@@ -29,9 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from s3_loopback import ACCESS_KEY, REGION, SECRET_KEY, LoopbackProxy, make_bucket  # noqa: E402
+from support.s3_loopback import ACCESS_KEY, REGION, SECRET_KEY, LoopbackProxy, make_bucket  # noqa: E402
 
-from assemblage_assets import db  # noqa: E402
+from assemblage_assets.core import db  # noqa: E402
 from assemblage_assets.images.publish import publish_shard  # noqa: E402
 from resources.object_store import S3ObjectStore  # noqa: E402
 

@@ -2,7 +2,7 @@
 index that is already there, for 768-d vectors in the embedded Postgres (pgvector 0.6.2).
 
     bulk         ``vectors.write_vectors`` in 50,000-row COPYs into a model registered in
-                 bulk-load mode (no index), then ``vector_index.finalize`` (CREATE INDEX
+                 bulk-load mode (no index), then ``index_build.finalize`` (CREATE INDEX
                  CONCURRENTLY with maintenance_work_mem sized to the graph and cores - 1 parallel
                  workers), then its VACUUM ANALYZE: each timed
     incremental  the index exists before the inserts, which go in batches of EMBED_BATCH_SIZE (32)
@@ -123,8 +123,8 @@ def recall(conn, ids: list[str], truth: np.ndarray, queries: np.ndarray, ef: int
 
 
 def bulk(server_dsn: str, rows: int, cents: np.ndarray, ids: list[str]) -> tuple[str, dict]:
-    from assemblage_assets import vector_index
     from assemblage_assets.core import db
+    from assemblage_assets.embeddings import index_build as vector_index
     from assemblage_assets.embeddings import vectors
 
     dsn = new_database(server_dsn, "bulk")
@@ -201,8 +201,8 @@ def incremental_slice(dsn: str, rows: int, slice_rows: int, cents: np.ndarray) -
 
 def rebuild(dsn: str, label: str, env: dict[str, str], concurrently: bool = True) -> dict:
     """Drop the bulk index and build again through finalize with ``env`` set."""
-    from assemblage_assets import vector_index
     from assemblage_assets.core import db
+    from assemblage_assets.embeddings import index_build as vector_index
     from assemblage_assets.embeddings import vectors
 
     saved = {k: os.environ.get(k) for k in env}

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from dagster_ui import DagsterUI  # noqa: E402
+from support.dagster_ui import DagsterUI  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PAGE = "/asset-groups"  # Dagster 1.13: the global asset lineage (all groups of all locations)

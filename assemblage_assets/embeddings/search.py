@@ -2,7 +2,7 @@
 image -> image (``assemblage search --like IMAGE_ID_OR_PATH``).
 
 Queries use the model's partial HNSW index: the same cast (``embedding::vector(dim)``) and
-the same predicate (``model = '<literal>'``) as the index definition in ``vector_store``.
+the same predicate (``model = '<literal>'``) as the index definition in ``vectors``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from assemblage_assets.partitions import image_shards_partitions_def
 from assemblage_assets.platform.celery_queues import cpu_op_tags
 from resources.database import PostgresResource
 from resources.image_library import ImageLibraryResource
-from resources.object_store import ObjectStore, StoreConfigError, TransientStoreError
+from resources.object_store import ObjectStore, StoreConfigError
 
 
 @dg.asset(
@@ -113,12 +113,7 @@ def r2_objects(
     local directory): the original (private) at ``original/{yyyy}/{mm}/{id}.{ext}``, the
     thumbnail at ``thumbnail/{id}.webp`` and the watermarked preview at ``watermarked/{id}.jpg``.
     Objects already stored are skipped; an image becomes ``uploaded`` once all three are."""
-    try:
-        object_store.preflight()
-    except StoreConfigError as exc:
-        raise dg.Failure(description=f"object store not usable: {exc}", allow_retries=False) from None
-    except TransientStoreError as exc:
-        raise dg.Failure(description=f"object store unavailable: {exc}") from None
+    object_store.preflight_or_fail()
     context.log.info(f"publishing shard {context.partition_key} to {object_store.describe()}")
     before = object_store.request_counts()
     with database.connect() as conn:

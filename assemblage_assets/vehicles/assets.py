@@ -9,7 +9,7 @@ from assemblage_assets.vehicles import backfill, records
 from resources.database import PostgresResource
 from resources.image_fetch import ImageFetchResource
 from resources.image_library import ImageLibraryResource
-from resources.object_store import ObjectStore, StoreConfigError, TransientStoreError
+from resources.object_store import ObjectStore, StoreConfigError
 
 
 class VehicleBackfillConfig(dg.Config):
@@ -54,12 +54,7 @@ def vehicle_image_backfill(
     URL failed). Each run handles at most ``limit`` vehicles, pausing between batches."""
     options = config.options()
     if not options.dry_run:
-        try:
-            object_store.preflight()
-        except StoreConfigError as exc:
-            raise dg.Failure(description=f"object store not usable: {exc}", allow_retries=False) from None
-        except TransientStoreError as exc:
-            raise dg.Failure(description=f"object store unavailable: {exc}") from None
+        object_store.preflight_or_fail()
     organization = context.partition_key
     with database.connect() as conn, image_fetch.fetcher() as fetcher:
         try:

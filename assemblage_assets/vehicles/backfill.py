@@ -2,7 +2,7 @@
 
 Vehicles are imported without images; their URLs wait in ``origin_metadata->'image_urls'``.
 Which vehicles are due, and every write, is in ``records.py``. Each vehicle is handled whole:
-its images are downloaded (``fetch``), stored with a thumbnail, and then its rows and its
+its images are downloaded (``resources.image_fetch``), stored with a thumbnail, and then its rows and its
 ``origin_metadata`` outcome are written in one transaction, so a crash leaves it untouched and
 the next trickle starts it again (object keys are deterministic and simply overwritten).
 

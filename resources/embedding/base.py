@@ -66,7 +66,7 @@ class EmbeddingResource(dg.ConfigurableResource):
             )
 
     def embed_image(self, item: EmbedItem) -> EmbedOutcome:
-        """One image, one call; raises the typed errors of ``embedding_types``."""
+        """One image, one call; raises the typed errors of ``types``."""
         raise NotImplementedError
 
     def embed_images(self, items: Sequence[EmbedItem]) -> list[EmbedOutcome]:

@@ -10,7 +10,7 @@ from resources.image_fetch.client import DEFAULT_MAX_BYTES, USER_AGENT, FetchSet
 
 
 class ImageFetchResource(dg.ConfigurableResource):
-    """Settings of the safe image downloader (``assemblage_assets.fetch``); ``from_env`` reads
+    """Settings of the safe image downloader (``resources.image_fetch.client``); ``from_env`` reads
     the ``FETCH_*`` variables."""
 
     allow_hosts: str = Field(

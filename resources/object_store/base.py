@@ -105,6 +105,16 @@ class ObjectStore(dg.ConfigurableResource):
         """One cheap call proving the store is usable; raises ``StoreConfigError`` naming the setting."""
         raise NotImplementedError
 
+    def preflight_or_fail(self) -> None:
+        """``preflight`` for an asset: a wrong configuration fails the run without retries, an
+        outage fails it with retries (the asset's RetryPolicy)."""
+        try:
+            self.preflight()
+        except StoreConfigError as exc:
+            raise dg.Failure(description=f"object store not usable: {exc}", allow_retries=False) from None
+        except TransientStoreError as exc:
+            raise dg.Failure(description=f"object store unavailable: {exc}") from None
+
     def describe(self) -> str:
         """Human-readable location, never containing secrets."""
         raise NotImplementedError

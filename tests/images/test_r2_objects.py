@@ -16,7 +16,7 @@ import dagster as dg
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-from s3_loopback import SECRET_KEY, S3Env, Seen, set_moto_auth
+from support.s3_loopback import SECRET_KEY, S3Env, Seen, set_moto_auth
 
 from assemblage_assets.core import db
 from assemblage_assets.dev.sample_data import write_sample_tree
@@ -269,7 +269,7 @@ def test_a_run_killed_mid_upload_resumes_without_duplicates_or_gaps(s3: S3Env, s
         "s3": {"endpoint_url": s3.url, "region_name": "us-east-1", "addressing_style": "path",
                "aws_access_key_id": "AKIATESTASSEMBLAGE01", "aws_secret_access_key": SECRET_KEY},
     }
-    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(cfg)], cwd=Path(__file__).parents[1],
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(cfg)], cwd=Path(__file__).parents[2],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert s3.proxy.stalled.acquire(timeout=60), "the upload never reached the stall"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from image_server import ImageServer, make_jpeg
+from support.image_server import ImageServer, make_jpeg
 
 from resources.image_fetch.client import (
     DEFAULT_MAX_BYTES,

@@ -16,10 +16,10 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
-from image_server import ImageServer
 from PIL import Image
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from support.image_server import ImageServer
 
 from assemblage_assets.cli.status import print_status
 from assemblage_assets.core import db

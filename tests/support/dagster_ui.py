@@ -1,6 +1,6 @@
 """Run `dagster dev` (webserver + daemon) on loopback for the project's workspace and talk GraphQL to it.
 
-Used by tests/test_ui_backfill.py and docs/screenshot_ui.py. The process runs in its own
+Used by tests/platform/test_ui_backfill.py and docs/screenshot_ui.py. The process runs in its own
 process group so the webserver, the daemon and the code server all stop together.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGSTER = Path(sys.executable).with_name("dagster")
 
 

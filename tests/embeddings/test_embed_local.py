@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embed_support import COLOURS, image_ids, ingest, photo, query, tiny_clip, write_tree
+from support.embed_support import COLOURS, image_ids, ingest, photo, query, tiny_clip, write_tree
 
 from assemblage_assets.core import db
 from assemblage_assets.core.tags import normalize_tag, normalize_tags

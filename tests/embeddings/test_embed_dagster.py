@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from embed_support import image_ids, ingest, query, shard_resources, tiny_clip, write_tree
+from support.embed_support import image_ids, ingest, query, shard_resources, tiny_clip, write_tree
 
 from assemblage_assets.core import db
 from assemblage_assets.embeddings import retry_queue

@@ -12,11 +12,10 @@ import dagster as dg
 import numpy as np
 import psycopg
 import pytest
-from embed_support import ingest, query, shard_resources, tiny_clip, write_tree
+from support.embed_support import ingest, query, shard_resources, tiny_clip, write_tree
 
 from assemblage_assets.core import db
-from assemblage_assets.embeddings import index_build as vector_index
-from assemblage_assets.embeddings import search, vectors
+from assemblage_assets.embeddings import index_build, search, vectors
 from assemblage_assets.partitions import IMAGE_SHARDS
 from resources.database import PostgresResource
 
@@ -91,14 +90,14 @@ def test_bulk_mode_defers_the_index_and_finalize_builds_it_once(conn: psycopg.Co
     assert hnsw_indexes(conn) == [] and model_row(conn)["index_state"] == "deferred"
     before = table_stats(conn)
 
-    report = vector_index.finalize(conn)
+    report = index_build.finalize(conn)
     (built,) = report.models
     name = vectors.index_name(MODEL)
     assert built.action == "built" and built.index_name == name and built.rows == ROWS
     assert (built.m, built.ef_construction) == (16, 64) and built.index_bytes > 0 and built.graph_fit_in_memory
     assert built.maintenance_work_mem == "64MB"  # the floor: 3,000 32-d vectors need ~2 MB
     assert report.vacuum_seconds is not None
-    assert hnsw_indexes(conn) == [name] and vector_index.index_status(conn, name) == "valid"
+    assert hnsw_indexes(conn) == [name] and index_build.index_status(conn, name) == "valid"
     row = model_row(conn)
     assert row["index_state"] == "ready" and row["index_name"] == name and row["index_build_seconds"] > 0
     assert row["index_params"]["m"] == 16 and row["index_params"]["rows"] == ROWS and row["index_params"]["concurrently"]
@@ -116,7 +115,7 @@ def test_bulk_mode_defers_the_index_and_finalize_builds_it_once(conn: psycopg.Co
     assert f"Index Scan using {name}" in plan, plan
 
     # a second finalize only reports
-    again = vector_index.finalize(conn)
+    again = index_build.finalize(conn)
     assert [m.action for m in again.models] == ["ready"] and again.built == [] and again.vacuum_seconds is None
     assert table_stats(conn)["last_vacuum"] == stats["last_vacuum"]
     assert model_row(conn)["index_built_at"] == row["index_built_at"]
@@ -126,7 +125,7 @@ def test_normal_mode_still_indexes_on_first_use(conn: psycopg.Connection, monkey
     monkeypatch.delenv("EMBED_DEFER_INDEX", raising=False)
     load(conn, 100)
     assert hnsw_indexes(conn) == [vectors.index_name(MODEL)] and model_row(conn)["index_state"] == "ready"
-    assert [m.action for m in vector_index.finalize(conn).models] == ["ready"]
+    assert [m.action for m in index_build.finalize(conn).models] == ["ready"]
 
 
 def test_invalid_index_from_an_interrupted_concurrent_build_is_rebuilt(pg_dsn: str, conn: psycopg.Connection,
@@ -143,23 +142,23 @@ def test_invalid_index_from_an_interrupted_concurrent_build_is_rebuilt(pg_dsn: s
             conn.execute(vectors.index_ddl(MODEL, DIM, name, concurrently=True))
         conn.execute("RESET lock_timeout")
         writer.rollback()
-    assert vector_index.index_status(conn, name) == "invalid"
+    assert index_build.index_status(conn, name) == "invalid"
 
-    report = vector_index.finalize(conn, MODEL)
+    report = index_build.finalize(conn, MODEL)
     assert [m.action for m in report.models] == ["rebuilt"] and report.vacuum_seconds is not None
-    assert vector_index.index_status(conn, name) == "valid" and hnsw_indexes(conn) == [name]
+    assert index_build.index_status(conn, name) == "valid" and hnsw_indexes(conn) == [name]
     assert model_row(conn)["index_state"] == "ready"
 
 
 def test_memory_plan_sizes_to_the_graph_and_caps(conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert vector_index.parse_memory_kb("2GB") == 2 * 1024**2 and vector_index.parse_memory_kb("512MB") == 512 * 1024
+    assert index_build.parse_memory_kb("2GB") == 2 * 1024**2 and index_build.parse_memory_kb("512MB") == 512 * 1024
     with pytest.raises(ValueError):
-        vector_index.parse_memory_kb("lots")
-    plan = vector_index.plan_build(conn, 1_000_000, 768, 16)
-    assert plan.maintenance_work_mem_kb >= vector_index.graph_bytes(1_000_000, 768, 16) // 1024 or plan.notes
+        index_build.parse_memory_kb("lots")
+    plan = index_build.plan_build(conn, 1_000_000, 768, 16)
+    assert plan.maintenance_work_mem_kb >= index_build.graph_bytes(1_000_000, 768, 16) // 1024 or plan.notes
     monkeypatch.setenv("INDEX_MAINTENANCE_WORK_MEM", "100TB")
     monkeypatch.setenv("INDEX_PARALLEL_WORKERS", "3")
-    capped = vector_index.plan_build(conn, 1000, 768, 16)
+    capped = index_build.plan_build(conn, 1000, 768, 16)
     assert capped.maintenance_work_mem_kb < 100 * 1024**3 and any("capped" in n for n in capped.notes)
 
 

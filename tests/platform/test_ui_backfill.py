@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
-from dagster_ui import DagsterUI
+from support.dagster_ui import DagsterUI
 
 from assemblage_assets.dev.sample_data import SampleTree, write_sample_tree
 from assemblage_assets.images.sensors import register_shards

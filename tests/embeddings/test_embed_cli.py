@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from embed_support import FakeReplicate, ingest, query, tiny_clip, write_tree
+from support.embed_support import FakeReplicate, ingest, query, tiny_clip, write_tree
 
 from assemblage_assets import cli
 from assemblage_assets.cli import demo

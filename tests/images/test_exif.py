@@ -16,7 +16,7 @@ from PIL.TiffImagePlugin import IFDRational
 
 from assemblage_assets.images.exif import ExifSummary, extract_exif
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 MANIFEST = CORPUS / "MANIFEST.tsv"
 
 B, G, IFD = ExifTags.Base, ExifTags.GPS, ExifTags.IFD

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from embed_support import (
+from support.embed_support import (
     FakeOpenAI,
     FakeReplicate,
     Reply,

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from embed_support import query, tiny_clip
+from support.embed_support import query, tiny_clip
 
 from assemblage_assets.dev.sample_data import write_sample_tree
 from assemblage_assets.partitions import IMAGE_SHARDS
 from assemblage_assets.platform.distributed import JOB_NAME, celery_available
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SHARD = "street-2019"
 START_TIMEOUT = 90  # seconds for redis / a worker to come up

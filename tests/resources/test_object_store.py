@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from botocore.exceptions import ClientError
-from s3_loopback import ACCESS_KEY, SECRET_KEY, S3Env, set_moto_auth
+from support.s3_loopback import ACCESS_KEY, SECRET_KEY, S3Env, set_moto_auth
 
 from resources import object_store
 from resources.object_store import (

@@ -1,0 +1,1 @@
+"""Loopback servers and fixtures shared by the tests of every area."""

@@ -18,6 +18,7 @@ class ImageLibraryResource(dg.ConfigurableResource):
     watermark_text: str = settings.DEFAULT_WATERMARK_TEXT
     watermark_image: str = ""
     derive_workers: int = 0  # 0: one per core
+    default_owner: str = ""  # DEFAULT_OWNER: owner of images from the folder (cost attribution)
 
     @classmethod
     def from_env(cls) -> "ImageLibraryResource":
@@ -29,6 +30,7 @@ class ImageLibraryResource(dg.ConfigurableResource):
             watermark_text=settings.env_str("WATERMARK_TEXT", settings.DEFAULT_WATERMARK_TEXT),
             watermark_image=settings.env_str("WATERMARK_IMAGE"),
             derive_workers=settings.env_int("DERIVE_WORKERS", 0),
+            default_owner=settings.env_str("DEFAULT_OWNER"),
         )
 
     @property

@@ -99,7 +99,8 @@ def _log_test_usage(provider: Any, usage: Any, *, ok: bool) -> None:
     from assemblage_assets.embeddings.usage_log import UsageRow, log_usage
 
     with db.connect(database_dsn()) as conn:
-        log_usage(conn, [UsageRow(provider.provider_name, provider.model_id, None, usage, purpose="provider-test", ok=ok)])
+        log_usage(conn, [UsageRow(provider.provider_name, provider.model_id, None, usage, purpose="provider-test", ok=ok,
+                                  owner=settings.env_str("DEFAULT_OWNER") or None)])
 
 
 def _search_provider(model: dict[str, Any], active: Any) -> Any:
@@ -137,7 +138,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         except (SearchError, EmbeddingError) as exc:
             return fail(str(exc))
         if usage is not None:
-            log_usage(conn, [UsageRow(provider.provider_name, model["model"], None, usage, purpose="text")])
+            log_usage(conn, [UsageRow(provider.provider_name, model["model"], None, usage, purpose="text",
+                                            owner=settings.env_str("DEFAULT_OWNER") or None)])
     from resources.embedding.clip_encoder import TINY_MODEL_WARNING, is_random_checkpoint
 
     if model.get("source") and is_random_checkpoint(model["source"]):

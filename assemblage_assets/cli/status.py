@@ -22,7 +22,8 @@ def collect_status(shard: str | None = None, failure_limit: int = 50) -> dict[st
             "status_counts": catalog.status_counts(conn, shard),
             "failures": catalog.failures(conn, shard, failure_limit),
             "vehicles": records.monitoring(conn, failure_limit),
-            "embeddings": embedding_status(conn),
+            "embeddings": (embeddings := embedding_status(conn)),
+            "disagreements": catalog.status_disagreements(conn, embeddings["active_model"], failure_limit),
         }
 
 
@@ -68,6 +69,18 @@ def print_status(status: dict[str, Any]) -> None:
         for row in v["failed_urls"]:
             print(f"  [{row['vehicle_status']}:{row['kind']}] vehicle {row['vehicle_id']} {row['url']}: {row['reason']}")
     print_embedding_status(status.get("embeddings"))
+    print_disagreements(status.get("disagreements"))
+
+
+def print_disagreements(found: dict[str, Any] | None) -> None:
+    """Rows whose status the catalogue contradicts: a bug or an interrupted older version.
+    The next r2_objects / embeddings run of the shard repairs the 'uploaded-with-vector' ones."""
+    if not found or not found["total"]:
+        return
+    print(f"STATUS DISAGREES WITH THE CATALOGUE for {found['total']} path(s): "
+          + ", ".join(f"{issue} {n}" for issue, n in sorted(found["by_issue"].items())))
+    for row in found["rows"]:
+        print(f"  [{row['issue']}] {row['shard']}: {row['local_path']} (status {row['status']})")
 
 
 def print_embedding_status(st: dict[str, Any] | None) -> None:
@@ -85,6 +98,8 @@ def print_embedding_status(st: dict[str, Any] | None) -> None:
     print(f"  embedding cost: ${cost['total_usd']:.4f} in total")
     for row in cost["by_model"]:
         print(f"    {row['provider']} {row['model']}: {row['calls']} call(s), ${row['cost_usd']:.4f}")
+    for row in cost.get("by_owner", []):
+        print(f"    owner {row['owner'] or '(none)'}: {row['calls']} call(s), ${row['cost_usd']:.4f}")
     for row in cost["recent_runs"]:
         print(f"    run {row['run_id'][:8]}: {row['calls']} call(s), ${row['cost_usd']:.4f} ({row['model']})")
 

@@ -22,6 +22,7 @@ class UsageRow:
     purpose: str = "image"  # image | text | provider-test
     ok: bool = True  # False: paid, but the output could not be used
     run_id: str | None = None
+    owner: str | None = None  # None: the owner of ``image_id`` (or nobody's, for a call without one)
 
 
 def log_usage(conn: psycopg.Connection, rows: Sequence[UsageRow]) -> None:
@@ -31,11 +32,12 @@ def log_usage(conn: psycopg.Connection, rows: Sequence[UsageRow]) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO embedding_usage_log (provider, model, image_id, purpose, units, unit,
-                                                input_tokens, output_tokens, cost_usd, ok, run_id)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                                                input_tokens, output_tokens, cost_usd, ok, run_id, owner)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                       COALESCE(%s, (SELECT owner FROM images WHERE id = %s)))""",
             [
                 (r.provider, r.model, r.image_id, r.purpose, r.usage.units, r.usage.unit, r.usage.input_tokens,
-                 r.usage.output_tokens, round(r.usage.cost_usd, 8), r.ok, r.run_id)
+                 r.usage.output_tokens, round(r.usage.cost_usd, 8), r.ok, r.run_id, r.owner, r.image_id)
                 for r in rows
             ],
         )
@@ -53,7 +55,7 @@ def run_cost(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
 
 
 def cost_summary(conn: psycopg.Connection, recent_runs: int = 5) -> dict[str, Any]:
-    """Spend per provider and model, and the latest runs that paid anything (for ``status``)."""
+    """Spend per provider and model, per owner, and the latest runs that paid anything (for ``status``)."""
     totals = conn.cursor(row_factory=dict_row).execute(
         """SELECT provider, model, count(*) AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd,
                   coalesce(sum(units), 0)::float AS units, min(unit) AS unit
@@ -66,4 +68,9 @@ def cost_summary(conn: psycopg.Connection, recent_runs: int = 5) -> dict[str, An
            GROUP BY run_id, provider, model ORDER BY max(created_at) DESC LIMIT %s""",
         (recent_runs,),
     ).fetchall()
-    return {"by_model": totals, "recent_runs": runs, "total_usd": round(sum(t["cost_usd"] for t in totals), 6)}
+    owners = conn.cursor(row_factory=dict_row).execute(
+        """SELECT owner, count(*) AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd
+           FROM embedding_usage_log GROUP BY owner ORDER BY sum(cost_usd) DESC NULLS LAST, owner"""
+    ).fetchall()
+    return {"by_model": totals, "by_owner": owners, "recent_runs": runs,
+            "total_usd": round(sum(t["cost_usd"] for t in totals), 6)}

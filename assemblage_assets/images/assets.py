@@ -16,6 +16,7 @@ from assemblage_assets.images.shards import resolve_shard
 from assemblage_assets.partitions import image_shards_partitions_def
 from assemblage_assets.platform.celery_queues import cpu_op_tags
 from resources.database import PostgresResource
+from resources.embedding import active_model_id
 from resources.image_library import ImageLibraryResource
 from resources.object_store import ObjectStore, StoreConfigError
 
@@ -34,7 +35,10 @@ def raw_files(
     files are skipped, broken ones are recorded as failed with the reason."""
     shard = resolve_shard(library.root, context.partition_key)
     with database.connect() as conn:
-        report = scan_shard(conn, shard, max_pixels=library.max_image_pixels, progress=context.log.info)
+        report = scan_shard(
+            conn, shard, max_pixels=library.max_image_pixels, progress=context.log.info,
+            owner=library.default_owner or None,
+        )
         counts = catalog.status_counts(conn, shard.key)
     context.log.info(
         f"shard {shard.key}: {report.counts['seen']} files, {report.counts['new']} new, "
@@ -124,6 +128,7 @@ def r2_objects(
                 store=object_store,
                 cache_dir=library.cache,
                 progress=context.log.info,
+                indexed_model=_active_model(context),
             )
         except StoreConfigError as exc:
             raise dg.Failure(description=f"object store rejected the upload: {exc}", allow_retries=False) from None
@@ -146,6 +151,15 @@ def r2_objects(
             metadata=metadata,
         )
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _active_model(context: dg.AssetExecutionContext) -> str | None:
+    """The model whose vectors make a published path ``indexed`` (from the environment, nothing loaded)."""
+    try:
+        return active_model_id()
+    except ValueError as exc:  # a bad EMBEDDING_PROVIDER must not stop publishing
+        context.log.warning(f"not promoting embedded images to 'indexed': {exc}")
+        return None
 
 
 def _check_results(conn: psycopg.Connection, shard: str, store: ObjectStore) -> list[dg.AssetCheckResult]:

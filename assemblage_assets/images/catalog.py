@@ -18,6 +18,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from assemblage_assets.constants import (
+    DERIVED_STATUSES,
     NOT_INGESTED_STATUSES,
     ImageStatus,
     original_key,
@@ -48,8 +49,11 @@ def is_unchanged(entry: ScanEntry, known: dict[str, Any] | None) -> bool:
     )
 
 
-def record_scanned(conn: psycopg.Connection, shard: str, scanned: Iterable[tuple[ScanEntry, ProbeResult]]) -> None:
-    """Upsert ``images`` (first writer wins) and ``processing_log`` for a batch of probed files."""
+def record_scanned(
+    conn: psycopg.Connection, shard: str, scanned: Iterable[tuple[ScanEntry, ProbeResult]], owner: str | None = None
+) -> None:
+    """Upsert ``images`` (first writer wins; an image without an owner takes ``owner``) and
+    ``processing_log`` for a batch of probed files."""
     image_rows = []
     log_rows = []
     for entry, result in scanned:
@@ -58,7 +62,7 @@ def record_scanned(conn: psycopg.Connection, shard: str, scanned: Iterable[tuple
             image_rows.append((
                 image_id, result.content_hash, result.bytes, result.width, result.height,
                 result.format, result.mode, result.frame_count, Jsonb(result.exif),
-                result.captured_at, result.ext, original_key(image_id, result.ext, result.captured_at),
+                result.captured_at, result.ext, original_key(image_id, result.ext, result.captured_at), owner,
             ))
         log_rows.append((
             entry.db_path, shard, image_id, result.status, result.error_kind,
@@ -69,9 +73,10 @@ def record_scanned(conn: psycopg.Connection, shard: str, scanned: Iterable[tuple
             if image_rows:
                 cur.executemany(
                     """INSERT INTO images (id, content_hash, bytes, width, height, format, mode,
-                                           frame_count, exif_data, captured_at, original_ext, original_key)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                       ON CONFLICT (id) DO NOTHING""",
+                                           frame_count, exif_data, captured_at, original_ext, original_key, owner)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, updated_at = now()
+                       WHERE images.owner IS NULL AND EXCLUDED.owner IS NOT NULL""",
                     image_rows,
                 )
             if log_rows:
@@ -307,3 +312,34 @@ def clear_errors(conn: psycopg.Connection, kind: str, image_ids: Sequence[str]) 
 def database_now(conn: psycopg.Connection) -> Any:
     """The database clock: sensors compare ``processing_log.updated_at`` against it."""
     return conn.cursor(row_factory=tuple_row).execute("SELECT now()").fetchone()[0]
+
+
+# --- consistency ---------------------------------------------------------------------------------
+
+# Each: (issue, the path's status, what the catalogue says instead). Over processing_log p JOIN images i.
+_DISAGREEMENTS = (
+    ("uploaded-with-vector", "p.status = %(uploaded)s AND i.uploaded_at IS NOT NULL AND %(model)s::text IS NOT NULL "
+     "AND EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = p.image_id AND e.model = %(model)s)"),
+    ("uploaded-not-published", "p.status = %(uploaded)s AND i.uploaded_at IS NULL"),
+    ("indexed-not-published", "p.status = %(indexed)s AND i.uploaded_at IS NULL"),
+    ("indexed-without-vector", "p.status = %(indexed)s AND i.uploaded_at IS NOT NULL AND %(model)s::text IS NOT NULL "
+     "AND NOT EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = p.image_id AND e.model = %(model)s)"),
+    ("derived-status-without-derivatives", "p.status = ANY(%(derived)s) AND i.derived_at IS NULL"),
+)
+
+
+def status_disagreements(conn: psycopg.Connection, model: str | None, limit: int = 20) -> dict[str, Any]:
+    """Paths whose status says something the catalogue does not (``model``: the active one, or
+    None to skip the vector checks): counts per issue and the first ``limit`` rows."""
+    params = {"model": model, "derived": list(DERIVED_STATUSES), "limit": limit,
+              "uploaded": ImageStatus.UPLOADED.value, "indexed": ImageStatus.INDEXED.value}
+    union = " UNION ALL ".join(
+        f"SELECT '{issue}' AS issue, p.local_path, p.shard, p.status FROM processing_log p "
+        f"JOIN images i ON i.id = p.image_id WHERE {predicate}"
+        for issue, predicate in _DISAGREEMENTS
+    )
+    counts = {r["issue"]: r["n"] for r in conn.execute(
+        f"SELECT issue, count(*) AS n FROM ({union}) d GROUP BY issue", params
+    )}
+    rows = conn.execute(f"SELECT * FROM ({union}) d ORDER BY issue, shard, local_path LIMIT %(limit)s", params).fetchall()
+    return {"total": sum(counts.values()), "by_issue": counts, "rows": [dict(r) for r in rows]}

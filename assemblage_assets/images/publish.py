@@ -204,8 +204,11 @@ def publish_shard(
     cache_dir: Path,
     commit_every: int = 64,
     progress: Progress | None = None,
+    indexed_model: str | None = None,
 ) -> StageReport:
-    """Publish every image of the shard; see the module docstring.
+    """Publish every image of the shard; see the module docstring. Paths of images that already
+    have a vector for ``indexed_model`` (the active model) go on to ``indexed``: an image embedded
+    before it was published must not stay ``uploaded``.
 
     Counts: ``images``, ``images_published`` (newly uploaded or moved to this store),
     ``images_failed``, ``images_requeued``, ``images_deferred`` (transient errors outlasted the
@@ -217,6 +220,8 @@ def publish_shard(
     images = shard_images(conn, shard, store, cache_dir, only_processed=store.existence_check == "none")
     report.counts["images"] = len(images)
     if not images:
+        if indexed_model:
+            report.counts["indexed_paths"] += catalog.mark_indexed(conn, shard, indexed_model)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -258,6 +263,8 @@ def publish_shard(
     finally:
         decided.flush()  # whatever was confirmed before an error is kept
         report.seconds = time.perf_counter() - started
+    if indexed_model:
+        report.counts["indexed_paths"] += catalog.mark_indexed(conn, shard, indexed_model)
     return report
 
 

@@ -107,8 +107,10 @@ def scan_shard(
     max_pixels: int,
     batch_size: int = 256,
     progress: Progress | None = None,
+    owner: str | None = None,
 ) -> StageReport:
-    """Stream the shard's files; probe new or changed ones; upsert them batch by batch.
+    """Stream the shard's files; probe new or changed ones; upsert them batch by batch. New
+    images get ``owner`` (who their paid calls are billed to).
 
     Probing runs in this thread on purpose: Pillow's and the EXIF reader's warning handling is
     process-global, and shards already run in parallel as separate Dagster runs.
@@ -126,7 +128,7 @@ def scan_shard(
                 report.counts["changed" if entry.db_path in known else "new"] += 1
                 todo.append(entry)
         results = [_probe(e, max_pixels) for e in todo]
-        catalog.record_scanned(conn, shard.key, zip(todo, results, strict=True))
+        catalog.record_scanned(conn, shard.key, zip(todo, results, strict=True), owner)
         for entry, result in zip(todo, results, strict=True):
             report.counts[result.status] += 1
             report.bytes += result.bytes

@@ -58,12 +58,17 @@ def photo(colour: tuple[int, int, int], size: tuple[int, int] = (320, 240), seed
     return Image.fromarray(arr, "RGB")
 
 
+def stable_seed(folder: str, index: int) -> int:
+    """The same in every process (``hash()`` is randomised per process) and distinct per file."""
+    return int.from_bytes(hashlib.sha256(f"{folder}\0{index}".encode()).digest()[:8], "big")
+
+
 def write_tree(root: Path, shards: dict[str, list[str]]) -> Path:
     """``{shard folder: [colour names]}`` -> JPEG files ``<folder>/<colour>-<i>.jpg``."""
     for folder, colours in shards.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
         for i, colour in enumerate(colours):
-            photo(COLOURS[colour], seed=hash((folder, i)) % 1000).save(root / folder / f"{colour}-{i}.jpg", quality=90)
+            photo(COLOURS[colour], seed=stable_seed(folder, i)).save(root / folder / f"{colour}-{i}.jpg", quality=90)
     return root
 
 

@@ -3,6 +3,8 @@ per test, and an isolated ASSEMBLAGE_HOME. Nothing here mocks the database."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +20,17 @@ CORPUS_DIR = REPO_ROOT.parent / "shared" / "corpus"
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DSN of an embedded PostgreSQL 16 + pgvector server for the whole session."""
-    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
+def pg_server() -> Iterator[str]:
+    """DSN of an embedded PostgreSQL 16 + pgvector server for the whole session.
+
+    Its data lives in a folder of its own, not under pytest's numbered basetemp: another pytest
+    session on the machine prunes old basetemps, which would delete a running server's data."""
+    root = Path(tempfile.mkdtemp(prefix="assemblage-test-pg-"))
+    pgdata = root / "pgdata"
     dsn = db.start_embedded(pgdata)
     yield dsn
     db.stop_embedded(pgdata)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ MISSING_VECTOR = """p.status = ANY(%(statuses)s)
 
 _PAGE = f"""
     SELECT DISTINCT ON (p.image_id) p.image_id::text AS image_id, p.local_path, i.preview_key,
-           i.thumbnail_key, i.preview_url, i.caption, i.caption_model
+           i.thumbnail_key, i.preview_url, i.thumbnail_url, i.caption, i.caption_model
     FROM processing_log p JOIN images i ON i.id = p.image_id
     WHERE p.shard = %(shard)s AND p.image_id > %(after)s::uuid AND {MISSING_VECTOR}
     ORDER BY p.image_id, p.local_path
@@ -74,6 +74,7 @@ def candidates(
                 preview_path=str(preview) if preview.is_file() else None,
                 thumbnail_path=str(thumbnail) if thumbnail is not None and thumbnail.is_file() else None,
                 preview_url=row["preview_url"],
+                thumbnail_url=row["thumbnail_url"],
                 tags=known.get(row["image_id"], ()),
                 caption=row["caption"] if caption_model and row["caption_model"] == caption_model else None,
             )

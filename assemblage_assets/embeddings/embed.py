@@ -15,8 +15,10 @@ Dagster. What it guarantees:
   go to the retry queue (``retry_queue``) and the shard carries on. Only configuration errors
   (credentials, model cannot load, ``EXPECTED_VECTOR_DIM`` mismatch) fail the run, and the
   dimension check happens before any write.
-- Rate limits: paid calls take a slot from the shared limiter (``rate_limit``) and wait; a 429
-  pauses the provider for its ``Retry-After``; when no slot comes within the wait budget the
+- Rate limits: every billable request takes a slot from the shared limiter (``rate_limit``):
+  an image takes the slots its provider says it costs (``billable_requests``: OpenAI 2, a
+  caption then an embedding, or 1 when the caption is already paid for) at once, and waits; a
+  429 pauses the provider for its ``Retry-After``; when no slot comes within the wait budget the
   rest of the shard is rescheduled about 30 s later. Nothing is dropped or failed for it.
 
 Candidates come from ``candidates.py``; what an outcome writes is ``outcomes.py``. Statuses:
@@ -27,6 +29,7 @@ still publishes them, and the next ``embeddings`` run of the shard promotes them
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -74,6 +77,7 @@ def embed_shard(
     limit: int = 0,
     max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
     reschedule_seconds: float = retry_queue.RESCHEDULE_SECONDS,
+    rate_window_seconds: int = 60,
     progress: Progress | None = None,
 ) -> EmbedReport:
     """Embed the shard's missing images with ``provider``; see the module docstring."""
@@ -94,7 +98,8 @@ def embed_shard(
         items = candidates(conn, shard, provider, cache_dir, limit=limit)
         if provider.paid:
             _embed_paid(items, provider, recorder, dsn=dsn, total=total, max_wait_seconds=max_wait_seconds,
-                        reschedule_seconds=reschedule_seconds, progress=progress)
+                        reschedule_seconds=reschedule_seconds, rate_window_seconds=rate_window_seconds,
+                        progress=progress)
         else:
             _embed_local(items, provider, recorder, total=total, progress=progress)
         report.counts["indexed_paths"] += catalog.mark_indexed(conn, shard, model)
@@ -149,8 +154,9 @@ class _Claims:
 
 
 class _PaidCaller:
-    """One paid call per image through the shared rate limit. Once a call cannot get a slot in
-    time (or keeps getting 429s), every later call is deferred for the whole shard at once."""
+    """One image through the shared rate limit: it takes one slot per billable request it costs,
+    all at once. Once an image cannot get its slots in time (or keeps getting 429s), every later
+    image is deferred for the whole shard at once."""
 
     def __init__(self, provider: EmbeddingResource, limiter: RateLimiter, max_wait_seconds: float,
                  reschedule_seconds: float) -> None:
@@ -164,27 +170,55 @@ class _PaidCaller:
     def __call__(self, item: EmbedItem) -> EmbedOutcome | Deferred:
         throttled = 0
         name = self.provider.provider_name
+        paid: EmbeddingError | None = None  # a caption bought before a 429 on the embedding request
         while True:
             if self.saturated.is_set():
-                return self.deferred(item)
-            if not self.limiter.acquire(self.max_wait_seconds):
+                return _with_paid(self.deferred(item), paid)
+            slots = self.provider.billable_requests(item)
+            if 0 < self.limiter.per_window < slots:
+                raise ProviderConfigError(
+                    f"MAX_EMBEDDING_CALLS_PER_MIN={self.limiter.per_window} is below the {slots} billable requests "
+                    f"one {name} image costs: set it to {slots} or more (0: no limit)"
+                )
+            if not self.limiter.acquire(self.max_wait_seconds, slots):
                 self.saturated.set()
-                return Deferred(item, f"rate limit: no call slot for {name} within {self.max_wait_seconds:g}s")
+                return _with_paid(Deferred(item, f"rate limit: no call slot for {name} within {self.max_wait_seconds:g}s"), paid)
             try:
-                return self.provider.embed_image(item)
+                return _with_paid(self.provider.embed_image(item), paid)
             except RateLimitedError as exc:
                 throttled += 1
+                if exc.caption:  # paid for before the 429: kept, and the retry only embeds (one slot)
+                    paid, item = exc, dataclasses.replace(item, caption=exc.caption)
                 self.limiter.pause(exc.retry_after if exc.retry_after is not None else self.reschedule_seconds, str(exc))
                 if throttled >= MAX_429_PER_IMAGE:
                     self.saturated.set()
-                    return Deferred(item, f"rate limit: {throttled} answers 429 in a row")
+                    return _with_paid(Deferred(item, f"rate limit: {throttled} answers 429 in a row"), paid)
             except ProviderConfigError:
                 raise
             except EmbeddingError as exc:
-                return EmbedOutcome(item.image_id, error_kind=exc.kind, error=str(exc), usage=exc.usage,
-                                    caption=exc.caption, caption_model=exc.caption_model, tags=exc.tags)
+                return _with_paid(EmbedOutcome(item.image_id, error_kind=exc.kind, error=str(exc), usage=exc.usage,
+                                               caption=exc.caption, caption_model=exc.caption_model, tags=exc.tags), paid)
             except Exception as exc:  # noqa: BLE001 - one image must not abort the shard
-                return EmbedOutcome(item.image_id, error_kind="unexpected", error=f"{type(exc).__name__}: {exc}")
+                return _with_paid(
+                    EmbedOutcome(item.image_id, error_kind="unexpected", error=f"{type(exc).__name__}: {exc}"), paid
+                )
+
+
+def _with_paid(result: EmbedOutcome | Deferred, paid: EmbeddingError | None) -> EmbedOutcome | Deferred:
+    """Fold a caption bought in an earlier attempt of the same call (before a 429) into the
+    result, so its cost and text are recorded. Only outcomes record costs: an image rescheduled
+    while holding a paid caption becomes a ``rate-limited`` failure (retried by the queue, and
+    the retry only embeds) rather than lose what was paid."""
+    if paid is None:
+        return result
+    if isinstance(result, Deferred):
+        return EmbedOutcome(result.item.image_id, error_kind="rate-limited", error=result.reason, usage=paid.usage,
+                            caption=paid.caption, caption_model=paid.caption_model, tags=paid.tags)
+    if paid.usage is not None:
+        result.usage = paid.usage + result.usage if result.usage is not None else paid.usage
+    if result.caption is None:
+        result.caption, result.caption_model, result.tags = paid.caption, paid.caption_model, result.tags or paid.tags
+    return result
 
 
 def _embed_paid(
@@ -196,10 +230,11 @@ def _embed_paid(
     total: int,
     max_wait_seconds: float,
     reschedule_seconds: float,
+    rate_window_seconds: int,
     progress: Progress | None,
 ) -> None:
     """Paid calls, ``CONCURRENCY`` at a time, each written the moment it returns."""
-    limiter = RateLimiter(dsn, provider.provider_name, provider.max_calls_per_min)
+    limiter = RateLimiter(dsn, provider.provider_name, provider.max_calls_per_min, window_seconds=rate_window_seconds)
     call = _PaidCaller(provider, limiter, max_wait_seconds, reschedule_seconds)
     claims = _Claims(dsn, recorder.model)
     deferred: list[Deferred] = []

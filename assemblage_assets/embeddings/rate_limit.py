@@ -1,10 +1,12 @@
 """Calls per minute per provider, held across processes and machines through Postgres.
 
-A fixed-window counter in ``embedding_rate_limit`` keyed by (provider, window start): taking a
-call slot is one atomic upsert that only increments while the count is below the limit, so
-any number of runs, on any number of machines, sharing the database never exceed it. The
-database clock decides the window, not the callers'. A 429 with ``Retry-After`` pauses the
-provider for everyone (``embedding_provider_pause``).
+A fixed-window counter in ``embedding_rate_limit`` keyed by (provider, window start). One slot
+is one billable HTTP request: an image that costs several requests (OpenAI: a caption, then an
+embedding) takes all its slots in one atomic upsert that only increments while the count plus
+those slots stays within the limit, so any number of runs, on any number of machines, sharing
+the database never exceed it, and an image never gets half its slots. The database clock
+decides the window, not the callers'. A 429 with ``Retry-After`` pauses the provider for
+everyone (``embedding_provider_pause``).
 
 Over the limit, callers wait for the next window; ``acquire`` gives up after its wait budget
 and the stage then reschedules the image about 30 s later. Work is never dropped or failed
@@ -62,8 +64,13 @@ class RateLimiter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def try_acquire(self) -> float:
-        """Take one call slot: 0.0 when granted, else the seconds until one may be free."""
+    def try_acquire(self, slots: int = 1) -> float:
+        """Take ``slots`` call slots at once (all or none): 0.0 when granted, else the seconds
+        until they may be free. More slots than the limit can never be granted: ``ValueError``."""
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, not {slots}")
+        if 0 < self.per_window < slots:
+            raise ValueError(f"{slots} slots can never fit a limit of {self.per_window} per window")
         with self._lock:
             conn = self._connection()
             paused = conn.execute(
@@ -79,11 +86,11 @@ class RateLimiter:
                 """WITH w AS (
                        SELECT to_timestamp(floor(extract(epoch FROM clock_timestamp()) / %(w)s) * %(w)s) AS start)
                    INSERT INTO embedding_rate_limit AS r (provider, window_start, calls)
-                   SELECT %(p)s, w.start, 1 FROM w
-                   ON CONFLICT (provider, window_start) DO UPDATE SET calls = r.calls + 1
-                   WHERE r.calls < %(limit)s
+                   SELECT %(p)s, w.start, %(n)s FROM w
+                   ON CONFLICT (provider, window_start) DO UPDATE SET calls = r.calls + %(n)s
+                   WHERE r.calls + %(n)s <= %(limit)s
                    RETURNING calls""",
-                {"w": self.window_seconds, "p": self.provider, "limit": self.per_window},
+                {"w": self.window_seconds, "p": self.provider, "limit": self.per_window, "n": slots},
             ).fetchone()
             if row is not None:
                 self._grants += 1
@@ -96,11 +103,12 @@ class RateLimiter:
             ).fetchone()[0]
             return max(0.05, float(wait))
 
-    def acquire(self, max_wait: float) -> bool:
-        """Take a slot, waiting up to ``max_wait`` seconds in total; False if the budget ran out."""
+    def acquire(self, max_wait: float, slots: int = 1) -> bool:
+        """Take ``slots`` slots at once, waiting up to ``max_wait`` seconds in total; False if the
+        budget ran out."""
         deadline = time.monotonic() + max_wait
         while True:
-            wait = self.try_acquire()
+            wait = self.try_acquire(slots)
             if wait == 0.0:
                 return True
             wait += random.uniform(0, 0.25)  # spread the herd at the window edge

@@ -69,6 +69,11 @@ class EmbeddingResource(dg.ConfigurableResource):
         """One image, one call; raises the typed errors of ``types``."""
         raise NotImplementedError
 
+    def billable_requests(self, item: EmbedItem) -> int:
+        """How many billable HTTP requests ``embed_image(item)`` sends: the paid stage takes that
+        many slots of the shared rate limit for it (``MAX_EMBEDDING_CALLS_PER_MIN`` counts requests)."""
+        return 1
+
     def embed_images(self, items: Sequence[EmbedItem]) -> list[EmbedOutcome]:
         """One outcome per item; per-image problems become outcomes, configuration errors raise."""
         outcomes = []

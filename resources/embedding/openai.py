@@ -15,8 +15,8 @@ from assemblage_assets.core.tags import normalize_tags
 from resources.embedding.paid import (
     DEFAULT_TIMEOUT_SECONDS,
     PaidEmbedding,
+    clean_jpeg_data_url,
     env_has,
-    preview_jpeg_data_url,
     retry_after_seconds,
     status_error,
 )
@@ -137,10 +137,9 @@ class OpenAIEmbedding(PaidEmbedding):
             raise BadOutputError(f"openai answered something unreadable: {exc}", kind="malformed-output") from None
 
     def _caption(self, item: EmbedItem) -> tuple[str, list[tuple[str, float]], Usage]:
-        if self.image_base_url and item.preview_url and item.preview_url.startswith(("http://", "https://")):
-            url = item.preview_url
-        else:
-            url = preview_jpeg_data_url(item)
+        # The published thumbnail (clean), else a clean 512 px JPEG (low detail is 512x512): the
+        # watermarked preview's tiled text would end up in the caption.
+        url = self.public_image_url(item) or clean_jpeg_data_url(item)
         response = self._call(
             self.client().chat.completions.create,
             model=self.vision_model,
@@ -195,6 +194,11 @@ class OpenAIEmbedding(PaidEmbedding):
             exc.usage = usage
             raise
         return vectors, usage
+
+    def billable_requests(self, item: EmbedItem) -> int:
+        """A caption request then an embeddings request; only the latter when the caption was
+        paid for in an earlier attempt."""
+        return 1 if item.caption else 2
 
     def embed_image(self, item: EmbedItem) -> EmbedOutcome:
         usage = None

@@ -1,5 +1,8 @@
 """What the paid, remote providers share: a lazily built API client, HTTP status and
-``Retry-After`` handling, and a small clean image to send when there is no public URL."""
+``Retry-After`` handling, and the clean image they send: the public URL of the thumbnail when
+``IMAGE_BASE_URL`` is set and it is published, else a small JPEG made from the cached thumbnail
+or the source. Never the watermarked preview: its tiled text would end up in the vectors and in
+the captions."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import dagster as dg
+from PIL import Image
 from pydantic import PrivateAttr
 
 from assemblage_assets.core import settings
@@ -62,24 +66,62 @@ def status_error(provider: str, status: int, detail: str) -> EmbeddingError:
     return ItemRejectedError(f"{provider} rejected the request (HTTP {status}): {detail}", kind=f"http-{status}")
 
 
-def preview_jpeg_data_url(item: EmbedItem, long_edge: int = 512) -> str:
-    """A small JPEG of the image as a data URL (what a vision model needs at low detail)."""
+def _thumbnail_fits(item: EmbedItem, min_side: int, long_edge: int) -> bool:
+    """Whether the cached thumbnail is at least the size asked for (read from its header)."""
+    if not item.thumbnail_path:
+        return False
+    try:
+        with Image.open(item.thumbnail_path) as probe:
+            return min(probe.size) >= min_side and max(probe.size) >= long_edge
+    except (OSError, SyntaxError, EOFError, ValueError):
+        return False  # missing or damaged in the cache: the source decides
+
+
+def clean_image(item: EmbedItem, *, min_side: int = 0, long_edge: int = 0) -> Image.Image:
+    """The image without the watermark, upright RGB: short edge brought down to ``min_side``
+    and/or long edge down to ``long_edge`` (never upscaled).
+
+    From the cached thumbnail when it is that big (a small WebP decode), else from the source,
+    else from the thumbnail at whatever size it has. Never from ``item.preview_path``.
+    """
+    fits = _thumbnail_fits(item, min_side, long_edge)
+    paths = [(item.thumbnail_path, True)] if fits else []
+    paths.append((item.path, False))
+    if item.thumbnail_path and not fits:
+        paths.append((item.thumbnail_path, True))
     last: Exception | None = None
-    for path in (item.preview_path, item.path):
+    for path, cached in paths:
         if not path:
             continue
         try:
-            img = decode_for_clip(path, min_side=long_edge)
+            # decode_for_clip: DCT-domain JPEG decode at the smallest scale still >= the size asked for
+            img = decode_for_clip(path, min_side=max(min_side, long_edge, 1))
         except FileNotFoundError as exc:
             last = exc
             continue
-        except Exception as exc:  # noqa: BLE001 - undecodable: the image is at fault
+        except Image.DecompressionBombError as exc:
+            raise ItemRejectedError(f"decompression bomb: {exc}", kind="bomb") from exc
+        except Exception as exc:  # noqa: BLE001 - undecodable
+            if cached:  # a damaged cache entry is not the image's fault
+                last = exc
+                continue
             raise ItemRejectedError(f"cannot decode image: {type(exc).__name__}: {exc}", kind="corrupt") from exc
-        img.thumbnail((long_edge, long_edge))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    raise ItemRejectedError(f"neither the preview nor the source can be read: {last}", kind="missing-file")
+        if long_edge:
+            img.thumbnail((long_edge, long_edge))
+        return img
+    raise ItemRejectedError(f"neither the source nor the thumbnail can be read: {last}", kind="missing-file")
+
+
+def clean_jpeg(item: EmbedItem, *, min_side: int = 0, long_edge: int = 0, quality: int = 90) -> bytes:
+    """``clean_image`` as JPEG bytes (in memory: a few tens of KB)."""
+    buf = io.BytesIO()
+    clean_image(item, min_side=min_side, long_edge=long_edge).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def clean_jpeg_data_url(item: EmbedItem, long_edge: int = 512) -> str:
+    """A small clean JPEG as a data URL (what a vision model needs at low detail)."""
+    return "data:image/jpeg;base64," + base64.b64encode(clean_jpeg(item, long_edge=long_edge, quality=85)).decode()
 
 
 def env_has(name: str) -> bool:
@@ -88,10 +130,10 @@ def env_has(name: str) -> bool:
 
 class PaidEmbedding(EmbeddingResource):
     """What the paid, remote providers share: a lazily built API client, a per-call timeout,
-    the public preview URL to send instead of the file, and a default calls-per-minute cap."""
+    the public thumbnail URL to send instead of the file, and a default calls-per-minute cap."""
 
     base_url: str = ""  # REPLICATE_BASE_URL / OPENAI_BASE_URL
-    image_base_url: str = ""  # IMAGE_BASE_URL: send the uploaded preview's public URL
+    image_base_url: str = ""  # IMAGE_BASE_URL: send the uploaded thumbnail's public URL
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # REPLICATE_/OPENAI_TIMEOUT_SECONDS, per call
     max_calls_per_min: int = DEFAULT_PAID_CALLS_PER_MIN
 
@@ -105,6 +147,15 @@ class PaidEmbedding(EmbeddingResource):
 
     def client(self) -> Any:
         raise NotImplementedError
+
+    def public_image_url(self, item: EmbedItem) -> str | None:
+        """The public URL of the clean thumbnail, when ``IMAGE_BASE_URL`` is set and it is
+        published; None otherwise (the caller then sends a clean file). The watermarked
+        preview's URL is never used."""
+        url = item.thumbnail_url
+        if self.image_base_url and url and url.startswith(("http://", "https://")):
+            return url
+        return None
 
     @classmethod
     def paid_common(cls, common: dict[str, Any]) -> dict[str, Any]:

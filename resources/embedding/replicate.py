@@ -1,20 +1,28 @@
 """``replicate``: image vectors from a model hosted on Replicate, through the official client.
 
 ``krthr/clip-embeddings`` (the older loader's model, 768-d CLIP ViT-L/14) by default. Sends the
-public URL of the uploaded preview when ``IMAGE_BASE_URL`` is set, otherwise uploads the file.
+public URL of the uploaded thumbnail (no watermark) when ``IMAGE_BASE_URL`` is set, otherwise
+uploads a clean JPEG sized for CLIP through the client's files API. Never the watermarked preview.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from assemblage_assets.core import settings
-from resources.embedding.paid import DEFAULT_TIMEOUT_SECONDS, PaidEmbedding, env_has, retry_after_seconds, status_error
+from resources.embedding.paid import (
+    DEFAULT_TIMEOUT_SECONDS,
+    PaidEmbedding,
+    clean_jpeg,
+    env_has,
+    retry_after_seconds,
+    status_error,
+)
 from resources.embedding.types import (
     BadOutputError,
     EmbedItem,
@@ -28,6 +36,11 @@ from resources.embedding.types import (
 )
 
 DEFAULT_REPLICATE_MODEL = "krthr/clip-embeddings:1c0371070cb827ec3c7f2f28adcdde54b50dcd239aa6faea0bc98b174ef03fb4"
+# CLIP ViT-L/14 resizes the short edge to 224 px and centre-crops 224x224: an upload whose short
+# edge is 224 px is exactly the model's input (its own resize becomes a no-op) in a JPEG of a few
+# tens of KB. Anything larger is thrown away by the model's resize after costing upload time.
+# Models with a larger input (the 336 px CLIPs) set REPLICATE_IMAGE_MIN_SIDE.
+DEFAULT_UPLOAD_MIN_SIDE = 224
 
 
 def _raise_on_429(response: Any) -> None:
@@ -46,6 +59,7 @@ class ReplicateEmbedding(PaidEmbedding):
     api_token: str = ""  # REPLICATE_API_TOKEN
     image_model: str = DEFAULT_REPLICATE_MODEL  # REPLICATE_IMAGE_MODEL: owner/name[:version]
     input_key: str = "image"  # REPLICATE_IMAGE_INPUT_KEY
+    image_min_side: int = DEFAULT_UPLOAD_MIN_SIDE  # REPLICATE_IMAGE_MIN_SIDE: short edge of uploads
     text_input_key: str = "text"  # REPLICATE_TEXT_INPUT_KEY (search)
     vector_dim: int = 768  # REPLICATE_VECTOR_DIM
     price_per_second: float = 0.000225  # REPLICATE_PRICE_PER_SECOND (predict time)
@@ -61,6 +75,7 @@ class ReplicateEmbedding(PaidEmbedding):
             api_token=secret("REPLICATE_API_TOKEN"),
             image_model=settings.env_str("REPLICATE_IMAGE_MODEL", DEFAULT_REPLICATE_MODEL),
             input_key=settings.env_str("REPLICATE_IMAGE_INPUT_KEY", "image"),
+            image_min_side=settings.env_int("REPLICATE_IMAGE_MIN_SIDE", DEFAULT_UPLOAD_MIN_SIDE),
             text_input_key=settings.env_str("REPLICATE_TEXT_INPUT_KEY", "text"),
             vector_dim=settings.env_int("REPLICATE_VECTOR_DIM", 768),
             base_url=settings.env_str("REPLICATE_BASE_URL"),
@@ -155,13 +170,12 @@ class ReplicateEmbedding(PaidEmbedding):
             raise
 
     def embed_image(self, item: EmbedItem) -> EmbedOutcome:
-        if self.image_base_url and item.preview_url and item.preview_url.startswith(("http://", "https://")):
-            value: Any = item.preview_url
-        else:
-            candidates = [p for p in (item.preview_path, item.path) if p and Path(p).is_file()]
-            if not candidates:
-                raise ItemRejectedError("neither the preview nor the source file exists", kind="missing-file")
-            value = Path(candidates[0])  # the client uploads it (files API) and passes its URL
+        value: Any = self.public_image_url(item)  # the published thumbnail (clean)
+        if value is None:
+            # A clean JPEG (cached thumbnail when big enough, else the source) with its short edge
+            # at image_min_side; the client uploads it (files API) and passes its URL.
+            value = io.BytesIO(clean_jpeg(item, min_side=self.image_min_side))
+            value.name = f"{item.image_id}.jpg"  # the upload's file name and content type
         vector, usage = self._vector({self.input_key: value}, item.image_id)
         return EmbedOutcome(item.image_id, vector=vector, usage=usage)
 

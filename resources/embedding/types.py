@@ -31,9 +31,10 @@ class EmbedItem:
 
     image_id: str
     path: str  # the source file
-    preview_path: str | None = None  # watermarked preview in the derivative cache
+    preview_path: str | None = None  # watermarked preview in the derivative cache (never sent to a paid model)
     thumbnail_path: str | None = None  # upright thumbnail (no watermark) in the derivative cache
-    preview_url: str | None = None  # public URL of the uploaded preview, when published
+    preview_url: str | None = None  # public URL of the uploaded (watermarked) preview, when published
+    thumbnail_url: str | None = None  # public URL of the uploaded thumbnail (no watermark), when published
     tags: tuple[str, ...] = ()  # tags already known (OpenAI route: part of the embedded text)
     caption: str | None = None  # caption already paid for (OpenAI route: not asked again)
 

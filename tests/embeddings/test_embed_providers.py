@@ -1,17 +1,26 @@
 """Replicate and OpenAI providers against local HTTP fakes on 127.0.0.1: uploads and public
-URLs, both output shapes, cost rows, faults recorded per image (malformed output, wrong
-dimension, 4xx/5xx, timeouts), 429 with Retry-After, 429 storms, the shared rate limit, and
-reruns that never pay twice."""
+URLs (always the clean image, never the watermarked preview), both output shapes, cost rows,
+faults recorded per image (malformed output, wrong dimension, 4xx/5xx, timeouts), 429 with
+Retry-After, 429 storms, the shared rate limit (one slot per billable request), and reruns that
+never pay twice."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
+from email import policy
+from email.parser import BytesParser
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from support.embed_support import (
     FakeOpenAI,
     FakeReplicate,
@@ -24,8 +33,10 @@ from support.embed_support import (
     write_tree,
 )
 
+from assemblage_assets.constants import preview_key
 from assemblage_assets.core import db
 from assemblage_assets.embeddings.embed import embed_shard
+from assemblage_assets.embeddings.rate_limit import RateLimiter
 from resources.embedding import DEFAULT_REPLICATE_MODEL, OpenAIEmbedding, ReplicateEmbedding
 from resources.embedding.types import ProviderConfigError
 
@@ -44,6 +55,43 @@ def tree(tmp_path: Path, pg_dsn: str) -> tuple[Path, Path]:
     return images, cache
 
 
+def uploaded_files(fake: FakeReplicate) -> list[tuple[str, bytes]]:
+    """(content type, bytes) of every file the client uploaded (multipart bodies parsed)."""
+    files = []
+    for seen in fake.calls("POST", "/v1/files"):
+        head = f"Content-Type: {seen.headers['content-type']}\r\n\r\n".encode()
+        message = BytesParser(policy=policy.HTTP).parsebytes(head + seen.body)
+        files += [(part.get_content_type(), part.get_payload(decode=True)) for part in message.iter_parts()]
+    return files
+
+
+def _pixels(data: bytes | Path, size: tuple[int, int]) -> np.ndarray:
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        return np.asarray(img.convert("RGB").resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
+
+
+def _differ(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of pixels that differ visibly (any channel by more than 12)."""
+    return float((np.abs(a - b).max(axis=2) > 12).mean())
+
+
+def assert_clean_images(sent: list[bytes], images: Path, cache: Path, dsn: str, shard: str, size: tuple[int, int]) -> None:
+    """Every image sent is a clean rendering of one of the shard's sources, not its watermarked
+    preview: not the preview's bytes, and closer to the source than to the preview."""
+    sources = {image_id: images / shard / name for name, image_id in image_ids(dsn, shard).items()}
+    matched = set()
+    for data in sent:
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.size == size  # sized for the model
+        image_id = min(sources, key=lambda i: _differ(_pixels(data, size), _pixels(sources[i], size)))
+        preview = cache / preview_key(image_id)
+        assert data != preview.read_bytes()
+        pixels = _pixels(data, size)
+        assert _differ(pixels, _pixels(sources[image_id], size)) < _differ(pixels, _pixels(preview, size))
+        matched.add(image_id)
+    assert matched == set(sources)
+
+
 def replicate(fake: FakeReplicate, **kw) -> ReplicateEmbedding:
     options = {"api_token": "r8_test", "base_url": fake.url, "timeout_seconds": 5.0, "max_calls_per_min": 0,
                "concurrency": 1, "price_per_second": PRICE_PER_SECOND, **kw}
@@ -58,7 +106,7 @@ def run(dsn: str, shard: str, provider, cache: Path, run_id: str = "run-1", **kw
 def test_replicate_uploads_or_sends_public_urls_accepts_both_shapes_and_never_pays_twice(
     pg_dsn: str, tree: tuple[Path, Path]
 ) -> None:
-    _, cache = tree
+    images, cache = tree
     with FakeReplicate(dim=768, shape="dict") as fake:
         report = run(pg_dsn, "cars", replicate(fake, concurrency=3), cache)
         assert report.counts["embedded"] == 3 and report.paid_calls == 3
@@ -68,25 +116,29 @@ def test_replicate_uploads_or_sends_public_urls_accepts_both_shapes_and_never_pa
         assert all(p.json()["input"]["image"].startswith("https://files.invalid/") for p in posts)
         assert all(p.headers["authorization"] == "Bearer r8_test" for p in posts)
         assert all(p.headers.get("prefer", "").startswith("wait") for p in posts)
-        # uploaded bytes are the cached previews (JPEG)
-        assert all(b"Content-Type: image/jpeg" in body and b"\xff\xd8\xff" in body for body in fake.uploads.values())
+        # uploaded: a clean JPEG sized for CLIP (short edge 224), never the watermarked preview
+        files = uploaded_files(fake)
+        assert len(files) == 3 and {content_type for content_type, _ in files} == {"image/jpeg"}
+        # (the 320x240 sources have 300x225 thumbnails: the short edge brought to 224)
+        assert_clean_images([data for _, data in files], images, cache, pg_dsn, "cars", size=(299, 224))
 
-        # the other output shape, and public URLs of the uploaded previews
+        # the other output shape, and public URLs: the clean thumbnail's, not the preview's
         fake.shape = "list"
         ids = image_ids(pg_dsn, "parks")
         with db.connect(pg_dsn) as conn:
             for image_id in ids.values():
-                conn.execute("UPDATE images SET preview_url = %s WHERE id = %s",
-                             (f"https://cdn.example/watermarked/{image_id}.jpg", image_id))
+                conn.execute("UPDATE images SET preview_url = %s, thumbnail_url = %s WHERE id = %s",
+                             (f"https://cdn.example/watermarked/{image_id}.jpg",
+                              f"https://cdn.example/thumbnail/{image_id}.webp", image_id))
         report = run(pg_dsn, "parks", replicate(fake, image_base_url="https://cdn.example"), cache, run_id="run-2")
         assert report.counts["embedded"] == 2 and len(fake.uploads) == 3
         sent = {p.json()["input"]["image"] for p in fake.calls("POST", "/v1/predictions")[3:]}
-        assert sent == {f"https://cdn.example/watermarked/{i}.jpg" for i in ids.values()}
+        assert sent == {f"https://cdn.example/thumbnail/{i}.webp" for i in ids.values()}
 
         rows = query(pg_dsn, "SELECT image_id::text AS id, dim, provider, model, embedding::text AS v FROM image_embeddings")
         assert len(rows) == 5 and {(r["dim"], r["provider"], r["model"]) for r in rows} == {(768, "replicate", DEFAULT_REPLICATE_MODEL)}
         first = next(r for r in rows if r["id"] == next(iter(ids.values())))
-        expected = fake_vector(f"https://cdn.example/watermarked/{first['id']}.jpg", 768)
+        expected = fake_vector(f"https://cdn.example/thumbnail/{first['id']}.webp", 768)
         stored = [float(x) for x in first["v"].strip("[]").split(",")]
         norm = sum(x * x for x in expected) ** 0.5
         assert stored == pytest.approx([x / norm for x in expected], abs=1e-5)
@@ -253,6 +305,115 @@ def test_openai_route_captions_tags_and_embeds_with_token_costs(pg_dsn: str, tre
     assert sorted((u["input_tokens"], u["output_tokens"], u["ok"]) for u in usage) == [(12, 0, True), (850, 40, False), (862, 40, True)]
     assert sum(u["cost"] for u in usage) == pytest.approx(2 * caption_cost + 2 * embed_cost, rel=1e-4)
     assert any(not u["ok"] and u["cost"] == pytest.approx(caption_cost, rel=1e-4) for u in usage)
+
+
+def test_openai_sends_a_clean_data_url_or_the_thumbnail_url_never_the_watermarked_preview(
+    pg_dsn: str, tree: tuple[Path, Path]
+) -> None:
+    images, cache = tree
+    with FakeOpenAI() as fake:
+        assert run(pg_dsn, "parks", openai_provider(fake), cache).counts["embedded"] == 2
+        urls = [c.json()["messages"][0]["content"][1]["image_url"]["url"] for c in fake.calls("POST", "/v1/chat/completions")]
+        assert len(urls) == 2 and all(u.startswith("data:image/jpeg;base64,") for u in urls)
+        # long edge at most 512 (low detail), from the clean source: the 320x240 files as they are
+        assert_clean_images([base64.b64decode(u.split(",", 1)[1]) for u in urls], images, cache, pg_dsn, "parks",
+                            size=(320, 240))
+
+        ids = image_ids(pg_dsn, "cars")
+        with db.connect(pg_dsn) as conn:
+            for image_id in ids.values():
+                conn.execute("UPDATE images SET preview_url = %s, thumbnail_url = %s WHERE id = %s",
+                             (f"https://cdn.example/watermarked/{image_id}.jpg",
+                              f"https://cdn.example/thumbnail/{image_id}.webp", image_id))
+        report = run(pg_dsn, "cars", openai_provider(fake, image_base_url="https://cdn.example"), cache, run_id="run-2")
+        assert report.counts["embedded"] == 3
+        sent = {c.json()["messages"][0]["content"][1]["image_url"]["url"] for c in fake.calls("POST", "/v1/chat/completions")[2:]}
+    assert sent == {f"https://cdn.example/thumbnail/{i}.webp" for i in ids.values()}
+
+
+OPENAI_BILLABLE = (("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings"))
+
+
+def stamp_billable(fake: FakeOpenAI) -> list[float]:
+    """Wall-clock times (the database's clock too: the embedded server runs on this machine) of
+    every caption and embeddings request the stand-in answers."""
+    stamps: list[float] = []
+    for route in OPENAI_BILLABLE:
+        handler = fake.routes[route]
+        fake.routes[route] = lambda seen, handler=handler: (stamps.append(time.time()), handler(seen))[1]
+    return stamps
+
+
+def test_openai_rate_limit_counts_the_caption_and_the_embedding_request(pg_dsn: str, tree: tuple[Path, Path]) -> None:
+    _, cache = tree
+    window = 3600  # long enough that the test never spans two windows (but at an hour edge)
+    with FakeOpenAI() as fake:
+        stamps = stamp_billable(fake)
+        report = run(pg_dsn, "mixed", openai_provider(fake, max_calls_per_min=4, concurrency=3), cache,
+                     max_wait_seconds=0.2, rate_window_seconds=window)
+    per_window = Counter(int(t // window) for t in stamps)
+    assert max(per_window.values()) <= 4  # two images of two billable requests each, not four images
+    embedded, rescheduled = report.counts["embedded"], report.counts["rescheduled"]
+    assert report.counts["failed"] == 0 and embedded + rescheduled == 6 and 2 <= embedded <= 4  # 4 only at an hour edge
+    assert len(stamps) == 2 * embedded
+    windows = query(pg_dsn, "SELECT calls FROM embedding_rate_limit WHERE provider = 'openai'")
+    assert all(w["calls"] <= 4 for w in windows) and sum(w["calls"] for w in windows) == len(stamps)
+    queue = query(pg_dsn, "SELECT error_kind, retry_count FROM embedding_queue")
+    assert len(queue) == rescheduled and all(q["error_kind"] == "rate-limited" and q["retry_count"] == 0 for q in queue)
+
+
+def test_an_image_whose_caption_is_already_paid_for_takes_one_slot(pg_dsn: str, tree: tuple[Path, Path]) -> None:
+    _, cache = tree
+    first = min(image_ids(pg_dsn, "mixed").values())  # candidates come in image id order
+    with db.connect(pg_dsn) as conn:
+        conn.execute("UPDATE images SET caption = 'A white wall.', caption_model = 'openai:gpt-5.4-mini' WHERE id = %s",
+                     (first,))
+    with FakeOpenAI() as fake:
+        stamps = stamp_billable(fake)
+        report = run(pg_dsn, "mixed", openai_provider(fake, max_calls_per_min=5), cache,
+                     max_wait_seconds=0.2, rate_window_seconds=3600)
+        chats, embeds = len(fake.calls(*OPENAI_BILLABLE[0])), len(fake.calls(*OPENAI_BILLABLE[1]))
+    # 1 (embedding only) + 2 + 2 slots: three images in the window, the other three rescheduled
+    if len(Counter(int(t // 3600) for t in stamps)) == 1:  # else the run spanned an hour edge
+        assert (report.counts["embedded"], report.counts["rescheduled"], chats, embeds) == (3, 3, 2, 3)
+    assert report.counts["failed"] == 0 and first in {r["id"] for r in query(
+        pg_dsn, "SELECT image_id::text AS id FROM image_embeddings")}
+    assert sum(w["calls"] for w in query(pg_dsn, "SELECT calls FROM embedding_rate_limit")) == chats + embeds
+
+
+def test_several_slots_are_taken_all_or_none(pg_dsn: str) -> None:
+    with RateLimiter(pg_dsn, "openai", 3, window_seconds=3600) as limiter:
+        granted = [limiter.try_acquire(2) == 0.0, limiter.try_acquire(2) == 0.0, limiter.try_acquire(1) == 0.0]
+        with pytest.raises(ValueError, match="never fit"):
+            limiter.try_acquire(4)
+    windows = query(pg_dsn, "SELECT calls FROM embedding_rate_limit")
+    if len(windows) == 1:  # else the calls spanned an hour edge
+        assert granted == [True, False, True] and windows[0]["calls"] == 3
+
+
+def test_a_limit_below_the_requests_of_one_image_fails_the_run(pg_dsn: str, tree: tuple[Path, Path]) -> None:
+    _, cache = tree
+    with FakeOpenAI() as fake:
+        with pytest.raises(ProviderConfigError, match="MAX_EMBEDDING_CALLS_PER_MIN=1 is below the 2 billable requests"):
+            run(pg_dsn, "parks", openai_provider(fake, max_calls_per_min=1), cache)
+        assert fake.requests == []
+
+
+def test_a_429_on_the_embedding_request_does_not_buy_the_caption_again(pg_dsn: str, tree: tuple[Path, Path]) -> None:
+    _, cache = tree
+    with FakeOpenAI() as fake:
+        fake.script("POST", "/v1/embeddings", Reply(429, {"error": {"message": "slow"}}, headers={"retry-after-ms": "10"}))
+        report = run(pg_dsn, "parks", openai_provider(fake, max_calls_per_min=100), cache)
+        chats, embeds = len(fake.calls(*OPENAI_BILLABLE[0])), len(fake.calls(*OPENAI_BILLABLE[1]))
+    assert report.counts["embedded"] == 2 and report.counts["failed"] == 0
+    assert (chats, embeds) == (2, 3)  # the retry after the 429 only embeds
+    # every request took a slot: 2 + 2 for the images, 1 for the retry
+    assert sum(w["calls"] for w in query(pg_dsn, "SELECT calls FROM embedding_rate_limit")) == 5
+    # the caption bought before the 429 is on record (cost and text) with the vector it led to
+    usage = query(pg_dsn, "SELECT input_tokens, output_tokens, ok FROM embedding_usage_log")
+    assert sorted((u["input_tokens"], u["output_tokens"], u["ok"]) for u in usage) == [(862, 40, True)] * 2
+    captions = query(pg_dsn, "SELECT caption FROM images WHERE caption IS NOT NULL")
+    assert len(captions) == 2
 
 
 def test_openai_wrong_dimension_and_missing_key(pg_dsn: str, tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:

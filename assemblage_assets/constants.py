@@ -54,14 +54,17 @@ def original_key(image_id: str, ext: str, captured_at: datetime | None) -> str:
     return f"original/{when:%Y}/{when:%m}/{image_id}.{ext}"
 
 
-def thumbnail_key(image_id: str) -> str:
-    return f"thumbnail/{image_id}.webp"
+def thumbnail_key(image_id: str, ext: str = "webp") -> str:
+    """``thumbnail/{id}.{ext}``, ``ext`` following the thumbnail format (``DerivativeSpec.thumbnail_ext``).
+    The catalogue stores the key each derivation wrote (``images.thumbnail_key``); readers use that
+    and fall back to this default only for rows without one."""
+    return f"thumbnail/{image_id}.{ext}"
 
 
 def preview_key(image_id: str) -> str:
     return f"watermarked/{image_id}.jpg"
 
 
-def vehicle_object_keys(vehicle_id: str, image_id: str, ext: str) -> tuple[str, str]:
-    """Keys of a listing image and its thumbnail."""
-    return f"vehicles/{vehicle_id}/{image_id}.{ext}", f"vehicles/{vehicle_id}/thumbnail/{image_id}.webp"
+def vehicle_object_keys(vehicle_id: str, image_id: str, ext: str, thumbnail_ext: str = "webp") -> tuple[str, str]:
+    """Keys of a listing image and its thumbnail (``thumbnail_ext`` of the thumbnail format)."""
+    return f"vehicles/{vehicle_id}/{image_id}.{ext}", f"vehicles/{vehicle_id}/thumbnail/{image_id}.{thumbnail_ext}"

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from assemblage_assets.core import settings
-from assemblage_assets.core.imaging import DerivativeSpec
+from assemblage_assets.core.imaging import THUMBNAIL_BOX, THUMBNAIL_FORMAT, THUMBNAIL_FORMATS, DerivativeSpec
 
 
 class ImageLibraryResource(dg.ConfigurableResource):
@@ -18,11 +18,19 @@ class ImageLibraryResource(dg.ConfigurableResource):
     watermark_text: str = settings.DEFAULT_WATERMARK_TEXT
     watermark_image: str = ""
     derive_workers: int = 0  # 0: one per core
+    thumbnail_size: int = THUMBNAIL_BOX  # THUMBNAIL_SIZE: pixels of the square box
+    thumbnail_format: str = THUMBNAIL_FORMAT  # THUMBNAIL_FORMAT: webp, jpeg or png
     default_owner: str = ""  # DEFAULT_OWNER: owner of images from the folder (cost attribution)
 
     @classmethod
     def from_env(cls) -> "ImageLibraryResource":
         paths = settings.Paths.from_env()
+        thumbnail_size = settings.env_int("THUMBNAIL_SIZE", THUMBNAIL_BOX)
+        if thumbnail_size < 1:
+            raise ValueError(f"THUMBNAIL_SIZE must be at least 1 (pixels of the square box), got {thumbnail_size}")
+        thumbnail_format = settings.env_str("THUMBNAIL_FORMAT", THUMBNAIL_FORMAT).lower()
+        if thumbnail_format not in THUMBNAIL_FORMATS:
+            raise ValueError(f"THUMBNAIL_FORMAT must be one of {', '.join(THUMBNAIL_FORMATS)}, got {thumbnail_format!r}")
         return cls(
             images_dir=str(settings.images_dir()),
             derivative_cache_dir=str(paths.derivative_cache),
@@ -30,6 +38,8 @@ class ImageLibraryResource(dg.ConfigurableResource):
             watermark_text=settings.env_str("WATERMARK_TEXT", settings.DEFAULT_WATERMARK_TEXT),
             watermark_image=settings.env_str("WATERMARK_IMAGE"),
             derive_workers=settings.env_int("DERIVE_WORKERS", 0),
+            thumbnail_size=thumbnail_size,
+            thumbnail_format=thumbnail_format,
             default_owner=settings.env_str("DEFAULT_OWNER"),
         )
 
@@ -43,6 +53,8 @@ class ImageLibraryResource(dg.ConfigurableResource):
 
     def derivative_spec(self) -> DerivativeSpec:
         return DerivativeSpec(
+            thumbnail_box=self.thumbnail_size,
+            thumbnail_format=self.thumbnail_format,
             watermark_text=self.watermark_text,
             watermark_image=self.watermark_image,
             max_pixels=self.max_image_pixels,

@@ -11,6 +11,8 @@ import os
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +32,14 @@ APPROVED_FORMATS = {
 IMAGE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/assemblage/images")
 
 THUMBNAIL_BOX = 300
+THUMBNAIL_FORMAT = "webp"
+# THUMBNAIL_FORMAT value -> (Pillow format, extension of the thumbnail's object key)
+THUMBNAIL_FORMATS = {
+    "webp": ("WEBP", "webp"),
+    "jpeg": ("JPEG", "jpg"),
+    "jpg": ("JPEG", "jpg"),
+    "png": ("PNG", "png"),
+}
 PREVIEW_LONG_EDGE = 1200
 DEFAULT_WATERMARK_OPACITY = 0.22
 
@@ -53,7 +63,9 @@ def sniff_format(head: bytes) -> str | None:
         return "PNG"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    # Classic TIFF (42) and BigTIFF (43), little- and big-endian. Pillow reads little-endian
+    # BigTIFF; big-endian BigTIFF it cannot open (13.0), so those fail as a TIFF that does not decode.
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "TIFF"
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
@@ -73,7 +85,7 @@ def image_id_for(content_hash: str) -> uuid.UUID:
 
 @dataclass(frozen=True)
 class DerivativeSpec:
-    thumbnail_box: int = THUMBNAIL_BOX
+    thumbnail_box: int = THUMBNAIL_BOX  # pixels of the square box the thumbnail fits in
     preview_long_edge: int = PREVIEW_LONG_EDGE
     watermark_text: str = "assemblage"
     watermark_image: str = ""
@@ -81,6 +93,20 @@ class DerivativeSpec:
     max_pixels: int = 120_000_000
     preview_quality: int = 85
     thumbnail_quality: int = 80
+    thumbnail_format: str = THUMBNAIL_FORMAT  # a key of THUMBNAIL_FORMATS
+
+    def __post_init__(self) -> None:
+        if self.thumbnail_format not in THUMBNAIL_FORMATS:
+            raise ValueError(
+                f"thumbnail_format must be one of {', '.join(THUMBNAIL_FORMATS)}, got {self.thumbnail_format!r}"
+            )
+        if self.thumbnail_box < 1:
+            raise ValueError(f"thumbnail_box must be at least 1 pixel, got {self.thumbnail_box}")
+
+    @property
+    def thumbnail_ext(self) -> str:
+        """Extension of the thumbnail's file and object key (``webp``, ``jpg``, ``png``)."""
+        return THUMBNAIL_FORMATS[self.thumbnail_format][1]
 
 
 def frame_count(img: Image.Image) -> int:
@@ -97,6 +123,61 @@ def orientation(img: Image.Image) -> int:
         return int(value) if int(value) in ORIENTATION_FIX else 1
     except Exception:  # noqa: BLE001 - broken EXIF must not stop derivation
         return 1
+
+
+@contextmanager
+def open_image(source: str | os.PathLike[str] | BinaryIO) -> Iterator[Image.Image]:
+    """``Image.open`` for decoding; a path is read through a file object of our own.
+
+    Opened by name, Pillow memory-maps an uncompressed single-strip file (grey, RGBA, CMYK,
+    16-bit, ...) at the size it reports, which for a TIFF with orientation 5-8 is already the
+    upright (turned) size: the stored rows are read at the wrong width, and the image comes out
+    scrambled and a quarter turn short. Read from a file object, Pillow decodes those files like
+    every other TIFF (then ``load_oriented`` applies).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh, Image.open(fh) as img:
+            yield img
+    else:
+        with Image.open(source) as img:
+            yield img
+
+
+def load_oriented(img: Image.Image, before: int) -> int:
+    """``img.load()``; returns the EXIF orientation still to apply to the loaded pixels.
+
+    ``before`` is ``orientation(img)`` read before loading. JPEG, PNG and WebP decoders never
+    apply it: it is all still to do. For a TIFF the answer comes from what load() did to this
+    file, since Pillow's TIFF decoder applies the orientation itself in most cases (Pillow >= 10.1
+    transposes in ``load_end`` and drops tag 274) but not on every path or version: a quarter turn
+    (5-8) was applied when the decoded size is the stored size turned; otherwise the tag gone
+    after load() means applied, the tag still there means not applied.
+    """
+    stored = _tiff_stored_size(img) if img.format == "TIFF" else None
+    img.load()
+    if stored is None or before == 1:
+        return before
+    dropped = orientation(img) != before
+    if before in (5, 6, 7, 8) and stored[0] != stored[1]:
+        if img.size == (stored[1], stored[0]):
+            return 1  # Pillow turned the pixels (whether or not it also dropped the tag)
+        if dropped:
+            raise OSError(
+                f"Pillow dropped TIFF orientation {before} without turning the pixels "
+                f"(stored {stored[0]}x{stored[1]}, decoded {img.width}x{img.height})"
+            )
+        return before
+    return 1 if dropped else before
+
+
+def _tiff_stored_size(img: Image.Image) -> tuple[int, int] | None:
+    """Width and height of the pixels as stored (tags 256/257); Pillow reports 5-8 turned."""
+    tags = getattr(img, "tag_v2", None)
+    try:
+        width, length = int(tags[256]), int(tags[257])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None
+    return width, length
 
 
 def to_display_mode(img: Image.Image) -> Image.Image:
@@ -129,10 +210,10 @@ def fit(img: Image.Image, box_w: int, box_h: int) -> Image.Image:
     return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
-def decode_upright(source: str | BinaryIO, long_edge: int) -> tuple[Image.Image, int]:
+def decode_upright(source: str | os.PathLike[str] | BinaryIO, long_edge: int) -> tuple[Image.Image, int]:
     """Decode once, as little as needed for ``long_edge``; upright and in a display mode.
     Returns the image and the file's frame count."""
-    with Image.open(source) as img:
+    with open_image(source) as img:
         frames = frame_count(img)
         if frames > 1:
             img.seek(0)  # animations and multi-page files: the first frame stands for the image
@@ -144,9 +225,7 @@ def decode_upright(source: str | BinaryIO, long_edge: int) -> tuple[Image.Image,
             scale = max(img.size) / long_edge
             if scale >= 2:
                 img.draft(None, (int(img.width / scale), int(img.height / scale)))
-        img.load()
-        if img.format == "TIFF":
-            turn = orientation(img)  # Pillow's TIFF decoder applies it itself and drops the tag
+        turn = load_oriented(img, turn)  # TIFF: what Pillow's decoder left to do
         rgb = to_display_mode(img)
     fix = ORIENTATION_FIX.get(turn)
     if fix is not None:
@@ -168,8 +247,23 @@ def atomic_save(img: Image.Image, target: Path, fmt: str, **params: object) -> N
         raise
 
 
+def flatten_on_white(img: Image.Image) -> Image.Image:
+    """RGBA composited on white as RGB (for JPEG, which has no alpha); other modes unchanged."""
+    if img.mode != "RGBA":
+        return img
+    background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, img).convert("RGB")
+
+
 def save_thumbnail(thumbnail: Image.Image, target: Path, spec: DerivativeSpec) -> None:
-    atomic_save(thumbnail, target, "WEBP", quality=spec.thumbnail_quality, method=4)
+    """In the spec's format: WebP and PNG keep alpha, JPEG is flattened on white like previews."""
+    fmt = THUMBNAIL_FORMATS[spec.thumbnail_format][0]
+    if fmt == "WEBP":
+        atomic_save(thumbnail, target, "WEBP", quality=spec.thumbnail_quality, method=4)
+    elif fmt == "JPEG":
+        atomic_save(flatten_on_white(thumbnail), target, "JPEG", quality=spec.thumbnail_quality, optimize=True)
+    else:
+        atomic_save(thumbnail, target, fmt)
 
 
 def write_thumbnail(source: str | BinaryIO, target: Path, spec: DerivativeSpec) -> tuple[int, int]:

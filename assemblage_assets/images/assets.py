@@ -63,8 +63,9 @@ def raw_files(
 def derivatives(
     context: dg.AssetExecutionContext, database: PostgresResource, library: ImageLibraryResource
 ) -> dg.MaterializeResult:
-    """Thumbnail (WebP, within 300×300), watermarked preview (JPEG, long edge 1200) and a
-    5-colour palette for every pending image of the shard, decoded once, upright per EXIF.
+    """Thumbnail (WebP within 300×300 unless THUMBNAIL_FORMAT / THUMBNAIL_SIZE say otherwise),
+    watermarked preview (JPEG, long edge 1200) and a 5-colour palette for every pending image of
+    the shard, decoded once, upright per EXIF.
     Written to the derivative cache for ``r2_objects`` to publish."""
     with database.connect() as conn:
         report = derive_shard(
@@ -115,7 +116,8 @@ def r2_objects(
 ) -> dg.MaterializeResult:
     """Every processed image of the shard in the object store (Cloudflare R2, S3, MinIO or the
     local directory): the original (private) at ``original/{yyyy}/{mm}/{id}.{ext}``, the
-    thumbnail at ``thumbnail/{id}.webp`` and the watermarked preview at ``watermarked/{id}.jpg``.
+    thumbnail at the key its derivation recorded (``thumbnail/{id}.webp`` by default, the extension
+    following THUMBNAIL_FORMAT) and the watermarked preview at ``watermarked/{id}.jpg``.
     Objects already stored are skipped; an image becomes ``uploaded`` once all three are."""
     object_store.preflight_or_fail()
     context.log.info(f"publishing shard {context.partition_key} to {object_store.describe()}")

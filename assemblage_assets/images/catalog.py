@@ -138,7 +138,7 @@ def record_derived(conn: psycopg.Connection, results: Sequence[DerivedImage]) ->
                               derived_at = now(), updated_at = now()
                        WHERE id = %s""",
                     [
-                        (Jsonb(r.palette), r.frame_count, thumbnail_key(r.image_id), *r.thumbnail_size,
+                        (Jsonb(r.palette), r.frame_count, r.thumbnail_key or thumbnail_key(r.image_id), *r.thumbnail_size,
                          preview_key(r.image_id), *r.preview_size, r.image_id)
                         for r in ok
                     ],

@@ -23,7 +23,14 @@ import psycopg
 from PIL import Image
 
 from assemblage_assets.constants import preview_key, thumbnail_key
-from assemblage_assets.core.imaging import DerivativeSpec, atomic_save, decode_upright, fit, save_thumbnail
+from assemblage_assets.core.imaging import (
+    DerivativeSpec,
+    atomic_save,
+    decode_upright,
+    fit,
+    flatten_on_white,
+    save_thumbnail,
+)
 from assemblage_assets.core.reports import Progress, StageReport
 from assemblage_assets.images import catalog
 from assemblage_assets.images.watermark import apply_watermark
@@ -40,6 +47,7 @@ class DerivedImage:
     preview_size: tuple[int, int] = (0, 0)
     palette: list[dict[str, float | str]] = field(default_factory=list)
     frame_count: int = 1
+    thumbnail_key: str = ""  # the key it wrote (extension of the spec's thumbnail format)
 
     @property
     def ok(self) -> bool:
@@ -47,7 +55,8 @@ class DerivedImage:
 
 
 def derive_image(source: str, image_id: str, cache_dir: str | Path, spec: DerivativeSpec) -> DerivedImage:
-    """Write ``thumbnail/{id}.webp`` and ``watermarked/{id}.jpg`` under ``cache_dir``. Never raises."""
+    """Write ``thumbnail/{id}.{ext}`` (``ext`` of the spec's thumbnail format, ``webp`` by default)
+    and ``watermarked/{id}.jpg`` under ``cache_dir``. Never raises."""
     Image.MAX_IMAGE_PIXELS = spec.max_pixels
     try:
         with warnings.catch_warnings():
@@ -66,13 +75,14 @@ def derive_image(source: str, image_id: str, cache_dir: str | Path, spec: Deriva
         # ~100 px is plenty for 5 colours and saves ~7 ms per image over the full thumbnail.
         palette = dominant_colours(thumbnail.reduce(max(1, min(thumbnail.size) // 100)), PALETTE_COLOURS)
         marked = apply_watermark(
-            _flatten(preview),
+            flatten_on_white(preview),
             text=spec.watermark_text,
             image_path=spec.watermark_image,
             opacity=spec.watermark_opacity,
         )
         cache = Path(cache_dir)
-        save_thumbnail(thumbnail, cache / thumbnail_key(image_id), spec)
+        thumb_key = thumbnail_key(image_id, spec.thumbnail_ext)
+        save_thumbnail(thumbnail, cache / thumb_key, spec)
         atomic_save(marked, cache / preview_key(image_id), "JPEG", quality=spec.preview_quality, optimize=True)
     except OSError as exc:
         return DerivedImage(image_id, "derive-error", f"cannot write derivatives: {type(exc).__name__}: {exc}")
@@ -82,14 +92,8 @@ def derive_image(source: str, image_id: str, cache_dir: str | Path, spec: Deriva
         preview_size=marked.size,
         palette=palette,
         frame_count=frames,
+        thumbnail_key=thumb_key,
     )
-
-
-def _flatten(img: Image.Image) -> Image.Image:
-    if img.mode != "RGBA":
-        return img
-    background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, img).convert("RGB")
 
 
 def dominant_colours(img: Image.Image, count: int = PALETTE_COLOURS) -> list[dict[str, float | str]]:
@@ -161,7 +165,7 @@ def derive_shard(
     def jobs() -> Iterator[tuple[str, str]]:
         for row in catalog.pending_images(conn, shard_key):
             cached = row["already_derived"] and all(
-                (cache_dir / key(row["image_id"])).exists() for key in (thumbnail_key, preview_key)
+                (cache_dir / key).exists() for key in _derivative_keys(row["image_id"], spec)
             )
             if cached:
                 reuse.append(row["image_id"])
@@ -174,7 +178,7 @@ def derive_shard(
         batch.append(result)
         if result.ok:
             report.counts["processed"] += 1
-            report.bytes += _derivative_bytes(cache_dir, result.image_id)
+            report.bytes += sum((cache_dir / key).stat().st_size for key in _derivative_keys(result.image_id, spec))
         else:
             report.counts["failed"] += 1
             report.add_failure(paths.get(result.image_id, result.image_id), result.error_kind, result.error_message)
@@ -194,5 +198,6 @@ def derive_shard(
     return report
 
 
-def _derivative_bytes(cache_dir: Path, image_id: str) -> int:
-    return sum((cache_dir / key(image_id)).stat().st_size for key in (thumbnail_key, preview_key))
+def _derivative_keys(image_id: str, spec: DerivativeSpec) -> tuple[str, str]:
+    """Cache keys of the thumbnail (in the spec's format) and the preview of an image."""
+    return thumbnail_key(image_id, spec.thumbnail_ext), preview_key(image_id)

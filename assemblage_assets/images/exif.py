@@ -49,7 +49,9 @@ def _text(v: Any) -> str | None:
             s = v
     else:
         return None
-    s = s.replace("\x00", "").strip()  # Postgres JSONB rejects \u0000
+    # An EXIF ASCII value ends at its first NUL (exiftool reads "ION230\0F" as ION230); whatever
+    # follows is garbage, and no NUL is left for Postgres JSONB, which rejects \u0000.
+    s = s.partition("\x00")[0].strip()
     return s[:_MAX_STR] or None
 
 

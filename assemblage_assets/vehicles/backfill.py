@@ -14,8 +14,10 @@ Outcome in ``origin_metadata``:
     ``max_attempts``: then ``images_backfill_status: "failed"`` with the failures, for good.
 
 Object layout (under the store's prefix): ``vehicles/{vehicle_id}/{image_id}.{ext}`` and
-``vehicles/{vehicle_id}/thumbnail/{image_id}.webp``, ``image_id`` being the content id the
-image pipeline uses (uuid5 of the SHA-256), so a rerun rewrites the same keys.
+``vehicles/{vehicle_id}/thumbnail/{image_id}.{thumbnail ext}`` (``.webp`` by default; size and
+format from the same ``DerivativeSpec`` as the derivatives: ``THUMBNAIL_SIZE``,
+``THUMBNAIL_FORMAT``), ``image_id`` being the content id the image pipeline uses (uuid5 of the
+SHA-256), so a rerun rewrites the same keys.
 """
 
 from __future__ import annotations
@@ -108,9 +110,9 @@ def store_image(
     """Thumbnail the image and put both objects in the store; returns the ``vehicle_images``
     values. Raises ``FetchError`` when the body does not decode, ``ObjectStoreError`` from the store."""
     image_id = str(image_id_for(image.sha256))
-    original_rel, thumbnail_rel = vehicle_object_keys(vehicle_id, image_id, image.ext)
+    original_rel, thumbnail_rel = vehicle_object_keys(vehicle_id, image_id, image.ext, spec.thumbnail_ext)
     original = workdir / f"{image_id}.{image.ext}"
-    thumbnail = workdir / f"{image_id}.webp"
+    thumbnail = workdir / f"{image_id}.thumbnail.{spec.thumbnail_ext}"  # a JPEG's must not be the original's name
     try:
         try:
             write_thumbnail(io.BytesIO(image.body), thumbnail, spec)

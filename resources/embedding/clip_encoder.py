@@ -153,10 +153,13 @@ def input_size(model: Any) -> int:
 def decode_for_clip(path: str, min_side: int = 224, max_pixels: int = 120_000_000) -> Image.Image:
     """Upright RGB image whose shortest edge is ``min_side`` (never upscaled), decoded cheaply:
     JPEG in the DCT domain at the smallest scale still at least ``min_side``."""
+    # The same open and orientation decisions as the derivatives (core.imaging.decode_upright).
+    from assemblage_assets.core.imaging import load_oriented, open_image
+
     Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             turn = orientation(img)
@@ -164,9 +167,7 @@ def decode_for_clip(path: str, min_side: int = 224, max_pixels: int = 120_000_00
                 scale = min_side / min(img.size)
                 if scale < 1:
                     img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
-            img.load()
-            if img.format == "TIFF":
-                turn = orientation(img)
+            turn = load_oriented(img, turn)  # TIFF: what Pillow's decoder left to do
             rgb = to_display_mode(img)
     if rgb.mode == "RGBA":
         background = Image.new("RGBA", rgb.size, (255, 255, 255, 255))

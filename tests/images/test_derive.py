@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageChops
+from support.bigtiff import bigtiff_bytes
+from support.oriented import TIFF_VARIANTS, UPRIGHT_SIZE, assert_upright, write_oriented_tiff
 
-from assemblage_assets.core.imaging import DerivativeSpec, to_display_mode
+from assemblage_assets.core.imaging import DerivativeSpec, sniff_format, to_display_mode, write_thumbnail
 from assemblage_assets.dev.sample_data import make_photo
 from assemblage_assets.images.derive import derive_image, dominant_colours
 
@@ -89,3 +93,98 @@ def test_display_mode_covers_every_mode() -> None:
     for mode in ("1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F", "I;16", "LA", "PA"):
         out = to_display_mode(Image.new(mode, (4, 4)))
         assert out.mode in ("RGB", "RGBA"), mode
+
+
+# --- TIFF orientation: Pillow applies it in load() for some files, and not cleanly for all --------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("variant", TIFF_VARIANTS)
+def test_tiff_orientations_come_out_upright(tmp_path: Path, variant: str, orientation: int) -> None:
+    src = write_oriented_tiff(tmp_path / f"{variant}-{orientation}.tif", variant, orientation)
+    result = derive_image(str(src), "t", tmp_path / "cache", DerivativeSpec(watermark_text=""))
+    assert result.ok, result.error_message
+    assert result.thumbnail_size == (300, 150) and result.preview_size == UPRIGHT_SIZE
+    with Image.open(tmp_path / "cache/thumbnail/t.webp") as thumb:
+        assert_upright(thumb, variant, f"thumbnail of {variant} orientation {orientation}")
+    with Image.open(tmp_path / "cache/watermarked/t.jpg") as preview:
+        assert_upright(preview, variant, f"preview of {variant} orientation {orientation}")
+
+
+@pytest.mark.parametrize("orientation", (1, 3, 6, 7))
+@pytest.mark.parametrize("variant", ("raw-grey", "group4-1bit"))
+def test_tiff_orientation_from_memory_is_upright(tmp_path: Path, variant: str, orientation: int) -> None:
+    """The vehicle backfill decodes downloads from bytes: same result as from a path."""
+    src = write_oriented_tiff(tmp_path / "src.tif", variant, orientation)
+    size = write_thumbnail(io.BytesIO(src.read_bytes()), tmp_path / "thumb.webp", DerivativeSpec())
+    assert size == (300, 150)
+    with Image.open(tmp_path / "thumb.webp") as thumb:
+        assert_upright(thumb, variant, f"thumbnail of {variant} orientation {orientation} from bytes")
+
+
+# --- BigTIFF ------------------------------------------------------------------------------------
+
+
+def _bigtiff_photo() -> Image.Image:
+    img = make_photo(640, 400, seed=11)
+    img.paste((235, 25, 25), (0, 0, 40, 40))
+    return img
+
+
+def test_bigtiff_magic_bytes_are_tiff(tmp_path: Path) -> None:
+    pillow_written = tmp_path / "pillow.tif"
+    _bigtiff_photo().save(pillow_written, "TIFF", big_tiff=True)
+    assert pillow_written.read_bytes()[:4] == b"II+\x00"
+    assert sniff_format(pillow_written.read_bytes()[:16]) == "TIFF"
+    for byte_order, magic in (("II", b"II+\x00"), ("MM", b"MM\x00+")):
+        data = bigtiff_bytes(_bigtiff_photo(), byte_order)
+        assert data[:4] == magic and sniff_format(data[:16]) == "TIFF"
+    assert sniff_format(b"II*\x00\x08\x00\x00\x00") == sniff_format(b"MM\x00*\x00\x00\x00\x08") == "TIFF"
+
+
+def test_bigtiff_is_derived(tmp_path: Path) -> None:
+    src = tmp_path / "big.tif"
+    src.write_bytes(bigtiff_bytes(_bigtiff_photo()))
+    with Image.open(src) as img:  # Pillow reads the hand-built file as a BigTIFF
+        assert (img.format, img.size, img.mode) == ("TIFF", (640, 400), "RGB")
+        assert img.getpixel((5, 5)) == (235, 25, 25)
+    result = derive_image(str(src), "b", tmp_path / "cache", DerivativeSpec(watermark_text=""))
+    assert result.ok, result.error_message
+    assert result.thumbnail_size == (300, 188) and result.preview_size == (640, 400)
+    with Image.open(tmp_path / "cache/thumbnail/b.webp") as thumb:
+        r, g, b = thumb.convert("RGB").getpixel((3, 3))
+        assert r > 150 and g < 100 and b < 100
+
+
+# --- thumbnail size and format (THUMBNAIL_SIZE, THUMBNAIL_FORMAT) ----------------------------------
+
+
+def _half_clear() -> Image.Image:
+    img = Image.new("RGBA", (800, 400), (0, 0, 255, 255))
+    img.paste((0, 0, 0, 0), (0, 0, 400, 400))
+    return img
+
+
+@pytest.mark.parametrize(
+    ("fmt", "pillow_format", "ext", "mode"),
+    [("webp", "WEBP", "webp", "RGBA"), ("jpeg", "JPEG", "jpg", "RGB"), ("png", "PNG", "png", "RGBA")],
+)
+def test_thumbnail_format_and_box(tmp_path: Path, fmt: str, pillow_format: str, ext: str, mode: str) -> None:
+    src = tmp_path / "src.png"
+    _half_clear().save(src)
+    spec = DerivativeSpec(thumbnail_box=160, thumbnail_format=fmt)
+    result = derive_image(str(src), "f", tmp_path / "cache", spec)
+    assert result.ok and result.thumbnail_key == f"thumbnail/f.{ext}" and result.thumbnail_size == (160, 80)
+    assert [p.name for p in (tmp_path / "cache/thumbnail").iterdir()] == [f"f.{ext}"]
+    with Image.open(tmp_path / "cache" / result.thumbnail_key) as thumb:
+        assert (thumb.format, thumb.mode, thumb.size) == (pillow_format, mode, (160, 80))
+        left = thumb.getpixel((10, 40))
+        assert left[3] == 0 if mode == "RGBA" else min(left) > 240  # JPEG: flattened on white
+
+
+def test_thumbnail_spec_is_checked() -> None:
+    with pytest.raises(ValueError, match="thumbnail_format"):
+        DerivativeSpec(thumbnail_format="gif")
+    with pytest.raises(ValueError, match="thumbnail_box"):
+        DerivativeSpec(thumbnail_box=0)
+    assert DerivativeSpec().thumbnail_ext == "webp" and DerivativeSpec(thumbnail_format="jpg").thumbnail_ext == "jpg"

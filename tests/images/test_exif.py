@@ -211,8 +211,23 @@ def test_generated_jpeg_nul_in_strings() -> None:
         s = _extract(img)
     _assert_json_safe(s)
     assert s.data["make"] == "Canon"
-    assert s.data["model"] == "EOS R5"
+    assert s.data["model"] == "EOS"  # an ASCII value ends at its first NUL (was "EOS R5" when NULs were removed)
     assert s.data["software"] == "Café"
+
+
+def test_ascii_value_ends_at_its_first_nul() -> None:
+    """WWL_(Polaroid)_ION230.jpg stores Model ``ION230\\0F``: exiftool reads ION230, and so must we."""
+    exif = Image.Exif()
+    exif[B.Make] = "Polaroid"
+    exif[B.Model] = "ION230\x00F"
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG", exif=exif)
+    assert b"ION230\x00F\x00" in buf.getvalue()  # written as given, plus the ASCII terminator
+    with Image.open(io.BytesIO(buf.getvalue())) as img:
+        assert img.getexif()[B.Model] == "ION230\x00F"  # Pillow hands the embedded NUL through
+        s = _extract(img)
+    _assert_json_safe(s)
+    assert (s.data["make"], s.data["model"]) == ("Polaroid", "ION230")
 
 
 def test_generated_jpeg_invalid_dates_and_zero_denominators_dropped() -> None:

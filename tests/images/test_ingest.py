@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from support.bigtiff import bigtiff_bytes
 
 from assemblage_assets.core import db
 from assemblage_assets.core.imaging import DerivativeSpec
@@ -21,6 +23,8 @@ from assemblage_assets.images.derive import derive_shard
 from assemblage_assets.images.probe import probe_file
 from assemblage_assets.images.scan import scan_shard
 from assemblage_assets.images.shards import discover_shards, resolve_shard, shard_key
+from resources.image_library import ImageLibraryResource
+from resources.object_store import content_type_for
 
 SPEC = DerivativeSpec()
 MAX_PIXELS = 120_000_000
@@ -257,3 +261,98 @@ def test_run_killed_mid_shard_resumes_with_one_row_per_image(pg_dsn: str, tmp_pa
     for img in rows(pg_dsn, "SELECT preview_key FROM images"):
         with Image.open(cache / img["preview_key"]) as preview:
             preview.load()  # every recorded derivative is complete
+
+
+def test_bigtiff_is_ingested_end_to_end(pg_dsn: str, tmp_path: Path) -> None:
+    shard = tmp_path / "images" / "scans"
+    shard.mkdir(parents=True)
+    make_photo(640, 400, seed=21).save(shard / "pillow-bigtiff.tif", "TIFF", big_tiff=True)
+    (shard / "built-bigtiff.tiff").write_bytes(bigtiff_bytes(make_photo(500, 250, seed=22), "II"))
+    (shard / "big-endian-bigtiff.tif").write_bytes(bigtiff_bytes(make_photo(300, 200, seed=23), "MM"))
+    assert (shard / "pillow-bigtiff.tif").read_bytes()[:4] == b"II+\x00"
+    ingest_tree(pg_dsn, tmp_path / "images", tmp_path / "cache")
+    by_name = {
+        Path(r["local_path"]).name: r
+        for r in rows(pg_dsn, "SELECT p.local_path, p.status, p.error_kind, p.error_message, i.* "
+                               "FROM processing_log p LEFT JOIN images i ON i.id = p.image_id")
+    }
+    for name, size in (("pillow-bigtiff.tif", (640, 400)), ("built-bigtiff.tiff", (500, 250))):
+        got = by_name[name]
+        assert (got["status"], got["error_kind"]) == ("processed", None), got["error_message"]
+        assert (got["format"], got["original_ext"], (got["width"], got["height"])) == ("TIFF", "tiff", size)
+        assert got["original_key"].endswith(f"/{got['id']}.tiff")
+        with Image.open(tmp_path / "cache" / got["thumbnail_key"]) as thumb:
+            assert max(thumb.size) == 300 and (thumb.width, thumb.height) == (got["thumbnail_width"], got["thumbnail_height"])
+    # Recognised as a TIFF either way; Pillow 13 cannot read big-endian BigTIFF (it tests only
+    # the little-endian magic), so that one is a TIFF that does not decode, not "not an image".
+    big_endian = by_name["big-endian-bigtiff.tif"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow reads the header as a classic TIFF's: "Corrupt EXIF"
+            with Image.open(shard / "big-endian-bigtiff.tif") as img:
+                img.load()
+        pillow_reads_it = True
+    except OSError:
+        pillow_reads_it = False
+    if pillow_reads_it:
+        assert big_endian["status"] == "processed"
+    else:
+        assert (big_endian["status"], big_endian["error_kind"]) == ("failed", "corrupt")
+        assert big_endian["error_message"].startswith("corrupt TIFF header")
+
+
+def test_thumbnail_size_and_format_come_from_the_environment(
+    assemblage_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The older system's thumbnails: THUMBNAIL_SIZE=200 THUMBNAIL_FORMAT=jpeg."""
+    monkeypatch.setenv("THUMBNAIL_SIZE", "200")
+    monkeypatch.setenv("THUMBNAIL_FORMAT", "jpeg")
+    library = ImageLibraryResource.from_env()
+    spec = library.derivative_spec()
+    shard = Path(assemblage_env["IMAGES_DIR"]) / "legacy"
+    shard.mkdir()
+    make_photo(1600, 1200, seed=31).save(shard / "photo.jpg", "JPEG")
+    clear = Image.new("RGBA", (400, 300), (0, 0, 255, 255))
+    clear.paste((0, 0, 0, 0), (0, 0, 200, 300))  # left half transparent
+    clear.save(shard / "half-clear.png", "PNG")
+    with db.connect(assemblage_env["DATABASE_URL"]) as conn:
+        for found in discover_shards(library.root):
+            scan_shard(conn, found, max_pixels=MAX_PIXELS)
+            derive_shard(conn, found.key, cache_dir=library.cache, spec=spec, workers=1)
+    by_name = {
+        Path(r["local_path"]).name: r
+        for r in rows(assemblage_env["DATABASE_URL"],
+                      "SELECT p.local_path, p.status, i.* FROM processing_log p JOIN images i ON i.id = p.image_id")
+    }
+    for name, size in (("photo.jpg", (200, 150)), ("half-clear.png", (200, 150))):
+        got = by_name[name]
+        assert got["status"] == "processed"
+        assert got["thumbnail_key"] == f"thumbnail/{got['id']}.jpg"
+        assert content_type_for(got["thumbnail_key"]) == "image/jpeg"
+        assert not (library.cache / f"thumbnail/{got['id']}.webp").exists()
+        with Image.open(library.cache / got["thumbnail_key"]) as thumb:
+            assert (thumb.format, thumb.mode, thumb.size) == ("JPEG", "RGB", size)
+            assert (got["thumbnail_width"], got["thumbnail_height"]) == size
+            if name == "half-clear.png":  # no alpha in JPEG: flattened on white, like previews
+                assert min(thumb.getpixel((20, 75))) > 240 and thumb.getpixel((180, 75))[2] > 200
+    # a rerun finds the JPEG thumbnails in the cache: nothing is derived again
+    with db.connect(assemblage_env["DATABASE_URL"]) as conn:
+        again = derive_shard(conn, "legacy", cache_dir=library.cache, spec=spec, workers=1)
+    assert again.counts.get("processed", 0) == 0
+
+
+def test_thumbnail_settings_default_to_300_px_webp_and_are_checked(
+    assemblage_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = ImageLibraryResource.from_env().derivative_spec()
+    assert (spec.thumbnail_box, spec.thumbnail_format) == (300, "webp")
+    monkeypatch.setenv("THUMBNAIL_FORMAT", "gif")
+    with pytest.raises(ValueError, match="THUMBNAIL_FORMAT"):
+        ImageLibraryResource.from_env()
+    monkeypatch.setenv("THUMBNAIL_FORMAT", "PNG")
+    monkeypatch.setenv("THUMBNAIL_SIZE", "0")
+    with pytest.raises(ValueError, match="THUMBNAIL_SIZE"):
+        ImageLibraryResource.from_env()
+    monkeypatch.setenv("THUMBNAIL_SIZE", "128")
+    spec = ImageLibraryResource.from_env().derivative_spec()
+    assert (spec.thumbnail_box, spec.thumbnail_format) == (128, "png")

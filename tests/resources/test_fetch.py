@@ -7,12 +7,15 @@ ranges are checked on literal addresses by the classifier, never contacted.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
+from PIL import Image
+from support.bigtiff import bigtiff_bytes
 from support.image_server import ImageServer, make_jpeg
 
 from resources.image_fetch.client import (
@@ -261,3 +264,13 @@ def test_validate_image_uses_magic_bytes_and_pillow() -> None:
     with pytest.raises(FetchError) as info:
         validate_image(make_jpeg(1), 1000)
     assert info.value.kind == "too-many-pixels"
+
+
+def test_validate_image_accepts_bigtiff() -> None:
+    """BigTIFF (magic ``II+\\0``) is a TIFF: accepted like any other, published as ``.tiff``."""
+    img = Image.new("RGB", (96, 64), (20, 140, 90))
+    buf = io.BytesIO()
+    img.save(buf, "TIFF", big_tiff=True)
+    for body in (buf.getvalue(), bigtiff_bytes(img, "II")):
+        assert body[:4] == b"II+\x00"
+        assert validate_image(body, 10**8, "image/tiff") == ("TIFF", "tiff", 96, 64)

@@ -33,7 +33,7 @@ from resources.database import PostgresResource
 from resources.image_fetch import ImageFetchResource
 from resources.image_fetch.client import FetchSettings, ImageFetcher
 from resources.image_library import ImageLibraryResource
-from resources.object_store import LocalObjectStore
+from resources.object_store import LocalObjectStore, content_type_for
 from schedules.trickle_backfill import trickle_backfill_schedule
 
 BIN = Path(sys.executable).parent
@@ -124,6 +124,21 @@ def test_a_vehicle_with_thirty_urls_yields_twenty_images(conn, server, fetcher, 
     assert meta["images_backfill_failures"] == [] and meta["image_urls"] == urls and meta["source"] == "test"
     assert datetime.fromisoformat(meta["images_backfilled_at"]) > datetime.now(UTC) - timedelta(minutes=1)
     assert not any(p.startswith(("/img/20.", "/img/29.")) for p in server.paths())
+
+
+def test_listing_thumbnails_follow_the_thumbnail_spec(conn, server, fetcher, store) -> None:
+    """THUMBNAIL_SIZE=200 THUMBNAIL_FORMAT=jpeg (the older system's thumbnails) for listings too."""
+    vid = add_vehicle(conn, [server.url("/img/1.jpg"), server.url("/img/2.png")], ORG_A)
+    spec = DerivativeSpec(thumbnail_box=200, thumbnail_format="jpeg")
+    report = backfill.backfill_organization(conn, ORG_A, fetcher=fetcher, store=store, spec=spec, options=NO_PAUSE)
+    assert report.counts["images_stored"] == 2
+    for row, source in zip(images_of(conn, vid), (server.image(1), server.image(2, "PNG")), strict=True):
+        image_id = image_id_for(row["content_hash"])
+        assert row["thumbnail_key"] == f"vehicles/{vid}/thumbnail/{image_id}.jpg"
+        assert content_type_for(row["thumbnail_key"]) == "image/jpeg"
+        assert (Path(store.root) / row["object_key"]).read_bytes() == source  # the original, not the thumbnail
+        with Image.open(Path(store.root) / row["thumbnail_key"]) as thumb:
+            assert (thumb.format, thumb.mode, thumb.size) == ("JPEG", "RGB", (200, 150))
 
 
 def test_bad_urls_are_recorded_with_their_reasons(conn, server, fetcher, store) -> None:

@@ -182,8 +182,9 @@ def decode_for_clip(path: str, min_side: int = 224, max_pixels: int = 120_000_00
 
 
 def _source_paths(item: EmbedItem) -> list[str]:
-    # The source first (no watermark); the cached preview if the source is gone.
-    return [p for p in (item.path, item.preview_path) if p]
+    # The source, then the clean thumbnail at whatever size it has. Never the preview: its tiled
+    # watermark would end up in the vector.
+    return [p for p in (item.path, item.thumbnail_path) if p]
 
 
 @dataclass
@@ -249,7 +250,8 @@ class ClipEncoder:
 
     def _decode(self, item: EmbedItem) -> Image.Image | EmbedOutcome:
         """The cached thumbnail when it is at least the model's input size (a ~4 ms WebP decode
-        instead of ~40 ms for a 12 MP JPEG, and no watermark), else the source, else the preview."""
+        instead of ~40 ms for a 12 MP JPEG, and no watermark), else the source, else the smaller
+        thumbnail. Never the watermarked preview."""
         if item.thumbnail_path:
             try:
                 with Image.open(item.thumbnail_path) as probe:
@@ -268,7 +270,7 @@ class ClipEncoder:
                 return EmbedOutcome(item.image_id, error_kind="bomb", error=f"decompression bomb: {exc}")
             except (OSError, SyntaxError, EOFError, ValueError, TypeError, IndexError) as exc:
                 return EmbedOutcome(item.image_id, error_kind="corrupt", error=f"cannot decode image: {type(exc).__name__}: {exc}")
-        return EmbedOutcome(item.image_id, error_kind="missing-file", error=f"neither the source nor the preview can be read: {last}")
+        return EmbedOutcome(item.image_id, error_kind="missing-file", error=f"neither the source nor the thumbnail can be read: {last}")
 
     def _prepare(self, batch: list[EmbedItem], decode_pool: ThreadPoolExecutor) -> _Prepared:
         decoded = list(decode_pool.map(self._decode, batch))

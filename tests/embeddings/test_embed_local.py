@@ -190,3 +190,27 @@ def test_tag_normalization() -> None:
         ("sky", 1.0), ("car", 0.9), ("street", 0.5)
     ]
     assert load_vocabulary("none") == [] and load_vocabulary("Cars, the Boat,cars") == ["cars", "boat"]
+
+
+def test_local_clip_never_embeds_the_watermarked_preview(tiny: Path, tmp_path: Path) -> None:
+    """Thumbnail, then source, then the thumbnail at any size; the preview carries the tiled
+    watermark and is never a stand-in, even when nothing else is left."""
+    from resources.embedding.types import EmbedItem
+
+    encoder = LocalClipEmbedding(clip_model=str(tiny)).load()
+    preview = tmp_path / "preview.jpg"
+    photo(COLOURS["orange"], seed=1).save(preview)
+    small = tmp_path / "thumb.webp"
+    from PIL import Image
+
+    Image.new("RGB", (24, 18), COLOURS["blue"]).save(small)  # below the tiny model's 32 px input
+    gone = str(tmp_path / "deleted.jpg")
+
+    only_preview = encoder._decode(EmbedItem("00000000-0000-0000-0000-000000000001", gone, preview_path=str(preview)))
+    assert getattr(only_preview, "error_kind", None) == "missing-file"
+    with_small = encoder._decode(
+        EmbedItem("00000000-0000-0000-0000-000000000002", gone, preview_path=str(preview), thumbnail_path=str(small))
+    )
+    assert not hasattr(with_small, "error_kind")
+    r, g, b = with_small.convert("RGB").resize((1, 1)).getpixel((0, 0))
+    assert b > r  # the blue thumbnail, not the orange preview

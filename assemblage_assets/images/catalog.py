@@ -52,8 +52,8 @@ def is_unchanged(entry: ScanEntry, known: dict[str, Any] | None) -> bool:
 def record_scanned(
     conn: psycopg.Connection, shard: str, scanned: Iterable[tuple[ScanEntry, ProbeResult]], owner: str | None = None
 ) -> None:
-    """Upsert ``images`` (first writer wins; an image without an owner takes ``owner``) and
-    ``processing_log`` for a batch of probed files."""
+    """Upsert ``images`` (first writer wins; an image without an owner takes the entry's owner,
+    else ``owner``) and ``processing_log`` for a batch of probed files."""
     image_rows = []
     log_rows = []
     for entry, result in scanned:
@@ -62,7 +62,8 @@ def record_scanned(
             image_rows.append((
                 image_id, result.content_hash, result.bytes, result.width, result.height,
                 result.format, result.mode, result.frame_count, Jsonb(result.exif),
-                result.captured_at, result.ext, original_key(image_id, result.ext, result.captured_at), owner,
+                result.captured_at, result.ext, original_key(image_id, result.ext, result.captured_at),
+                entry.owner or owner,
             ))
         log_rows.append((
             entry.db_path, shard, image_id, result.status, result.error_kind,

@@ -30,6 +30,7 @@ class ScanEntry:
     mtime_ns: int | None = None
     error_kind: str | None = None  # set when the entry cannot be a candidate image at all
     error_message: str | None = None
+    owner: str | None = None  # who this file belongs to, when its source knows (wins over the shard's)
 
     @property
     def db_path(self) -> str:

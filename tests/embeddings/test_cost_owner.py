@@ -61,3 +61,19 @@ def test_an_image_keeps_its_first_owner_and_gains_one_when_it_had_none(pg_dsn: s
         (images / "a" / "orange-0.jpg").touch()
         scan_shard(conn, shard, max_pixels=10**8, owner="user-2")
     assert query(pg_dsn, "SELECT owner FROM images")[0]["owner"] == "user-1"
+
+
+def test_an_entry_that_knows_its_owner_wins_over_the_shard_default(pg_dsn: str, tmp_path: Path) -> None:
+    """What a source with a user id per file (an uploads bucket) hands the catalogue."""
+    from assemblage_assets.images import catalog
+    from assemblage_assets.images.probe import probe_file
+    from assemblage_assets.images.scan import ScanEntry
+
+    images = write_tree(tmp_path / "images", {"uploads": ["orange", "blue"]})
+    files = sorted((images / "uploads").iterdir())
+    entries = [ScanEntry(str(f), size=f.stat().st_size, mtime_ns=f.stat().st_mtime_ns, owner=o)
+               for f, o in zip(files, ("user-7", None), strict=True)]
+    with db.connect(pg_dsn) as conn:
+        catalog.record_scanned(conn, "uploads", [(e, probe_file(e.path, e.size or 0, 10**8)) for e in entries],
+                               owner="team-default")
+    assert sorted(r["owner"] for r in query(pg_dsn, "SELECT owner FROM images")) == ["team-default", "user-7"]

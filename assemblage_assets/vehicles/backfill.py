@@ -11,7 +11,8 @@ Outcome in ``origin_metadata``:
     ``images_backfilled_at`` and ``images_backfill_failures`` ([{url, kind, reason}]);
   - nothing stored: ``images_backfill_status: "retrying"``, ``images_backfill_attempts`` and
     ``images_backfill_next_attempt_at`` (backoff doubling from ``retry_backoff_minutes``), until
-    ``max_attempts``: then ``images_backfill_status: "failed"`` with the failures, for good.
+    ``max_attempts``: then ``images_backfill_status: "failed"`` with the failures, for good;
+  - nothing stored and every URL refused (``REFUSED_KINDS``): ``failed`` at once.
 
 Object layout (under the store's prefix): ``vehicles/{vehicle_id}/{image_id}.{ext}`` and
 ``vehicles/{vehicle_id}/thumbnail/{image_id}.{thumbnail ext}`` (``.webp`` by default; size and
@@ -51,6 +52,9 @@ from resources.object_store import (
 )
 
 MAX_BACKOFF = timedelta(days=1)
+# Refusals of the URL itself (address guard, scheme, credentials, not a URL): the same on every
+# try, so a vehicle whose URLs are all refused fails at once instead of backing off five times.
+REFUSED_KINDS = frozenset({"refused-address", "refused-scheme", "invalid-url"})
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,8 @@ def outcome_metadata(
         "images_backfill_last_attempt_at": now.isoformat(),
         "images_backfill_failures": failures,
     }
-    if attempts >= options.max_attempts:
+    refused_only = bool(failures) and all(f["kind"] in REFUSED_KINDS for f in failures)
+    if attempts >= options.max_attempts or refused_only:
         return "failed", {**state, "images_backfill_status": "failed"}
     delay = min(timedelta(minutes=options.retry_backoff_minutes * 2 ** (attempts - 1)), MAX_BACKOFF)
     return "retrying", {

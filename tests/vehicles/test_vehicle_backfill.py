@@ -170,6 +170,31 @@ def test_bad_urls_are_recorded_with_their_reasons(conn, server, fetcher, store) 
     assert "/img/1.jpg" not in server.paths()[before:]  # the refused redirect was not followed
 
 
+def test_a_vehicle_whose_urls_are_all_refused_fails_at_once(conn, server, fetcher, store) -> None:
+    """A refusal (address guard, scheme, credentials, no URL at all) is the same on every try."""
+    refused = [
+        f"http://127.0.0.2:{server.port}/img/1.jpg",  # loopback outside FETCH_ALLOW_HOSTS
+        "ftp://127.0.0.1/x.jpg",
+        f"http://user:secret@127.0.0.1:{server.port}/img/2.jpg",
+        "not a url",
+    ]
+    vid = add_vehicle(conn, refused, ORG_A)
+    before = len(server.requests)
+    report = run(conn, ORG_A, fetcher, store, BackfillOptions(pause_seconds=0, max_attempts=5))
+    assert report.counts["vehicles_failed"] == 1 and report.counts["vehicles_retrying"] == 0
+    meta = metadata_of(conn, vid)
+    assert meta["images_backfill_status"] == "failed" and meta["images_backfill_attempts"] == 1
+    assert "images_backfill_next_attempt_at" not in meta
+    assert {f["kind"] for f in meta["images_backfill_failures"]} == {"refused-address", "refused-scheme", "invalid-url"}
+    assert len(server.requests) == before  # nothing was fetched
+    assert run(conn, ORG_A, fetcher, store).counts["vehicles_selected"] == 0  # and never tried again
+
+    # one refusal among errors that may pass next time: retried as before
+    vid = add_vehicle(conn, ["ftp://127.0.0.1/y.jpg", server.url("/status/500")], ORG_A)
+    assert run(conn, ORG_A, fetcher, store).counts["vehicles_retrying"] == 1
+    assert metadata_of(conn, vid)["images_backfill_status"] == "retrying"
+
+
 def test_a_vehicle_whose_urls_all_fail_is_retried_with_backoff_then_marked_failed(conn, server, fetcher, store) -> None:
     vid = add_vehicle(conn, [server.url("/status/404"), server.url("/html-as-image.jpg")], ORG_A)
     options = BackfillOptions(pause_seconds=0, max_attempts=3, retry_backoff_minutes=10)

@@ -127,8 +127,9 @@ def count_pending(conn: psycopg.Connection, shard: str) -> int:
 
 def record_derived(conn: psycopg.Connection, results: Sequence[DerivedImage]) -> None:
     """Store derivative locations and advance every pending path of each image in one transaction."""
-    ok = [r for r in results if r.ok]
-    failed = [r for r in results if not r.ok]
+    # Sorted: two runs deriving the same images then lock rows in one order and cannot deadlock.
+    ok = sorted((r for r in results if r.ok), key=lambda r: r.image_id)
+    failed = sorted((r for r in results if not r.ok), key=lambda r: r.image_id)
     with conn.transaction():
         with conn.cursor() as cur:
             if ok:
@@ -215,6 +216,7 @@ def record_published(
     Records the URLs and advances every ``processed`` path of the image to ``uploaded``."""
     if not published:
         return
+    published = sorted(published)  # one lock order for every writer (see record_derived)
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             """UPDATE images SET original_url = %s, thumbnail_url = %s, preview_url = %s,
@@ -234,6 +236,7 @@ def record_publish_failed(conn: psycopg.Connection, failed: Sequence[tuple[str, 
     ``failed`` and its old URLs no longer hold."""
     if not failed:
         return
+    failed = sorted(failed)  # one lock order for every writer (see record_derived)
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             """UPDATE processing_log SET status = %s, error_kind = %s, error_message = %s,
@@ -284,6 +287,7 @@ def mark_indexed(conn: psycopg.Connection, shard: str, model: str) -> int:
 def record_captions(conn: psycopg.Connection, captions: Sequence[tuple[str, str, str]]) -> None:
     """(caption, caption model, image id) from a captioning provider."""
     if captions:
+        captions = sorted(captions, key=lambda c: c[2])  # by image id: one lock order for every writer
         conn.cursor().executemany(
             "UPDATE images SET caption = %s, caption_model = %s, updated_at = now() WHERE id = %s", captions
         )
@@ -293,6 +297,7 @@ def note_errors(conn: psycopg.Connection, kind: str, notes: Sequence[tuple[str, 
     """(image id, message): a later stage gave up on the image (``kind``, e.g. ``embedding``).
     The paths keep their status; ``error_kind``/``error_message`` say why."""
     if notes:
+        notes = sorted(notes)  # one lock order for every writer (see record_derived)
         conn.cursor().executemany(
             """UPDATE processing_log SET error_kind = %s, error_message = %s, updated_at = now()
                WHERE image_id = %s AND status <> ALL(%s)""",

@@ -38,7 +38,7 @@ def test_two_writers_in_opposite_orders_never_deadlock(pg_dsn: str) -> None:
         orders = [ids, list(reversed(ids))]
         barrier = threading.Barrier(2)
 
-        def write(order: list[str]) -> None:
+        def write(order: list[str], barrier: threading.Barrier = barrier) -> None:
             try:
                 with db.connect(pg_dsn) as conn:
                     barrier.wait(timeout=10)

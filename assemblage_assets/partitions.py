@@ -44,15 +44,15 @@ def add_partitions_requests(partitions_def_name: str, keys: list[str]) -> list[d
     ]
 
 
-def partitions_in_flight(instance: dg.DagsterInstance, job_name: str, asset_name: str) -> set[str]:
-    """Partition keys with a run of ``job_name``, or any run selecting ``asset_name`` (a UI
-    launch), queued or in progress: sensors and schedules never request a second one."""
+def partitions_in_flight(instance: dg.DagsterInstance, job_name: str, *asset_names: str) -> set[str]:
+    """Partition keys with a run of ``job_name``, or any run selecting one of ``asset_names`` (a
+    UI launch), queued or in progress: sensors, schedules and the CLI never start a second one."""
     busy = set()
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT_RUN_STATUSES)):
         key = run.tags.get("dagster/partition")
         if not key:
             continue
         selection = run.asset_selection or set()
-        if run.job_name == job_name or any(k.to_user_string() == asset_name for k in selection):
+        if run.job_name == job_name or any(k.to_user_string() in asset_names for k in selection):
             busy.add(key)
     return busy

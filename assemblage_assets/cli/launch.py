@@ -1,9 +1,16 @@
 """Launch jobs through Dagster from the CLI: the same definitions and the same instance as the UI,
-so every run the CLI makes shows up there. Runs go in process, one partition at a time."""
+so every run the CLI makes shows up there. Runs go in process, one partition at a time.
+
+Each run is tagged with the process and machine that run it. A process killed mid-run leaves
+its run STARTED in the instance (no daemon watches in-process runs); the next command finds
+runs whose process is gone and marks them failed, and it refuses to start a second run of a
+partition whose run is really still going (here, in the UI, a sensor or a schedule).
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +23,8 @@ from assemblage_assets.images.shards import discover_shards
 from assemblage_assets.platform.dagster_home import ensure_dagster_home
 
 QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+LAUNCHER_PID_TAG = "assemblage/launcher-pid"
+LAUNCHER_HOST_TAG = "assemblage/launcher-host"
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,8 @@ def run_partition(
     """``execute_in_process`` for one registered partition key; the outcome and its metadata."""
     started = time.perf_counter()
     result = job.execute_in_process(
-        partition_key=key, instance=instance, run_config=run_config, raise_on_error=False, resources=resources
+        partition_key=key, instance=instance, run_config=run_config, raise_on_error=False, resources=resources,
+        tags={LAUNCHER_PID_TAG: str(os.getpid()), LAUNCHER_HOST_TAG: socket.gethostname()},
     )
     error = ""
     if not result.success:
@@ -82,14 +92,58 @@ def run_partition(
 def run_partitions(
     job: Any, run_configs: dict[str, dict[str, Any] | None], instance: Any, progress: Callable[[str], None] = print
 ) -> list[ShardRun]:
-    """``run_partition`` once per partition key (already registered) with its run config."""
+    """``run_partition`` once per partition key (already registered) with its run config,
+    except partitions that have a run in flight (see the module docstring)."""
     runs = []
+    busy = busy_partitions(job, instance, progress)
     for index, (key, run_config) in enumerate(run_configs.items(), 1):
-        run = run_partition(job, key, instance, run_config)
+        run = refused(key) if key in busy else run_partition(job, key, instance, run_config)
         runs.append(run)
         state = "ok" if run.success else f"FAILED: {run.error}"
         progress(f"[{index}/{len(run_configs)}] {job.name} {key}: {state} ({run.seconds:.1f}s, run {run.run_id[:8]})")
     return runs
+
+
+def fail_orphaned_runs(instance: Any) -> int:
+    """Mark failed the in-flight runs an ``assemblage`` process on this machine started and that
+    process is gone (killed); returns how many. A reused pid only keeps a run marked in flight."""
+    import dagster as dg
+
+    from assemblage_assets.partitions import IN_FLIGHT_RUN_STATUSES
+
+    orphaned = 0
+    host = socket.gethostname()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT_RUN_STATUSES, tags={LAUNCHER_HOST_TAG: host})):
+        pid = run.tags.get(LAUNCHER_PID_TAG, "")
+        if pid.isdigit() and not _alive(int(pid)):
+            instance.report_run_failed(run, f"the assemblage process {pid} that ran it is gone (killed?)")
+            orphaned += 1
+    return orphaned
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def busy_partitions(job: Any, instance: Any, progress: Callable[[str], None] = print) -> set[str]:
+    """Partitions of ``job`` with a run queued or in progress, after failing orphaned runs."""
+    from assemblage_assets.partitions import partitions_in_flight
+
+    orphaned = fail_orphaned_runs(instance)
+    if orphaned:
+        progress(f"marked {orphaned} run(s) of killed assemblage processes as failed")
+    assets = [key.to_user_string() for key in job.asset_layer.executable_asset_keys]
+    return partitions_in_flight(instance, job.name, *assets)
+
+
+def refused(key: str) -> ShardRun:
+    return ShardRun(key, "", False, 0.0, "a run of this partition is already queued or in progress; not started twice")
 
 
 def launch_embed_runs(
@@ -120,13 +174,14 @@ def launch_embed_runs(
     job = defs.resolve_job_def(EMBED_SHARD_JOB)
     resources = {"embedding": provider, "library": ImageLibraryResource.from_env(), "database": PostgresResource()}
     runs, remaining = [], limit
+    busy = busy_partitions(job, instance, progress)
     for index, key in enumerate(shards, 1):
         if limit and remaining <= 0:
             break
         run_config: dict[str, Any] = {} if verbose else dict(QUIET_LOGGING)
         if limit:
             run_config["ops"] = {"embeddings": {"config": {"limit": remaining}}}
-        run = run_partition(job, key, instance, run_config or None, resources)
+        run = refused(key) if key in busy else run_partition(job, key, instance, run_config or None, resources)
         metadata = run.metadata
         runs.append(run)
         state = f"{metadata.get('embedded', 0)} embedded" if run.success else f"FAILED: {run.error}"

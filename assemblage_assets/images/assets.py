@@ -59,6 +59,9 @@ def raw_files(
     group_name="images",
     kinds={"python", "pillow"},
     op_tags=cpu_op_tags(),
+    # A database hiccup (or a lock timeout against a concurrent run) retries the step; a retry
+    # derives only what is still pending.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
 )
 def derivatives(
     context: dg.AssetExecutionContext, database: PostgresResource, library: ImageLibraryResource

@@ -196,28 +196,37 @@ def test_non_utf8_names_fail_with_a_clear_reason(pg_dsn: str, tmp_path: Path) ->
     assert status_of(pg_dsn)["fine.jpg"] == ("processed", None)
 
 
-def _unreadable_probe(path: str, queue) -> None:
+def _unreadable_probe(path: str, size: int, queue) -> None:
     os.setgid(65534)
     os.setuid(65534)  # nobody: root reads anything, so drop privileges to see EACCES
-    queue.put(probe_file(path, os.path.getsize(path), MAX_PIXELS).error_kind)
+    queue.put(probe_file(path, size, MAX_PIXELS).error_message)
 
 
-def test_unreadable_files_are_recorded_as_failed(tmp_path: Path) -> None:
+def test_unreadable_files_are_recorded_as_failed() -> None:
     import multiprocessing
+    import tempfile
 
-    path = tmp_path / "locked.jpg"
-    make_photo(50, 50, seed=7).save(path, "JPEG")
-    path.chmod(0)
-    tmp_path.chmod(0o755)
-    if os.geteuid() != 0:
-        assert probe_file(str(path), path.stat().st_size, MAX_PIXELS).error_kind == "unreadable"
-        return
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_unreadable_probe, args=(str(path), queue))
-    child.start()
-    child.join(30)
-    assert queue.get(timeout=5) == "unreadable"
+    # Not under pytest's basetemp: its root is 0700, and `nobody` must be stopped by the file's
+    # own mode, not by a folder it cannot enter.
+    folder = Path(tempfile.mkdtemp(prefix="assemblage-unreadable-"))
+    try:
+        folder.chmod(0o755)
+        path = folder / "locked.jpg"
+        make_photo(50, 50, seed=7).save(path, "JPEG")
+        path.chmod(0)
+        size = path.stat().st_size
+        if os.geteuid() != 0:
+            result = probe_file(str(path), size, MAX_PIXELS)
+            assert (result.error_kind, result.error_message) == ("unreadable", "permission denied: Permission denied")
+            return
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_unreadable_probe, args=(str(path), size, queue))
+        child.start()
+        child.join(30)
+        assert queue.get(timeout=5) == "permission denied: Permission denied"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 KILL_SCRIPT = """

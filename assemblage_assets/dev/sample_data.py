@@ -24,13 +24,13 @@ from PIL import Image, ImageDraw
 from PIL.ExifTags import GPS, IFD, Base
 from PIL.TiffImagePlugin import IFDRational
 
-__all__ = ["SampleTree", "make_photo", "photo_exif", "write_sample_tree"]
+__all__ = ["MARKER_RGB", "STORE_TRANSPOSE", "SampleTree", "make_photo", "photo_exif", "write_sample_tree"]
 
 MARKER_RGB = (235, 25, 25)
 
 # Inverse of the transform ImageOps.exif_transpose applies for each orientation value:
 # 2/3/4/5/7 are their own inverse, 6 and 8 (90-degree rotations) swap.
-_STORE_TRANSPOSE: dict[int, Image.Transpose | None] = {
+STORE_TRANSPOSE: dict[int, Image.Transpose | None] = {
     1: None,
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -157,7 +157,7 @@ def photo_exif(
     """Camera-like EXIF: Make/Model/Orientation/DateTime in IFD0, capture settings in the
     Exif IFD and, if ``gps=(lat, lon)`` is given (signed degrees), a GPS IFD with
     degree/minute/second rationals and N/S/E/W refs."""
-    if orientation not in _STORE_TRANSPOSE:
+    if orientation not in STORE_TRANSPOSE:
         raise ValueError(f"orientation must be 1..8, got {orientation}")
     stamp = taken.strftime("%Y:%m:%d %H:%M:%S")
     exif = Image.Exif()
@@ -256,7 +256,7 @@ class _TreeWriter:
             focal_length_mm=float(rng.choice([6.9, 23.0, 35.0, 50.0, 85.0])),
         )
         img = _upright_photo(self.size, self.seed * 1000 + counter)
-        if (t := _STORE_TRANSPOSE[orientation]) is not None:
+        if (t := STORE_TRANSPOSE[orientation]) is not None:
             img = img.transpose(t)  # store as the camera would: inverse of the EXIF transform
         name = name or pattern.format(100 + counter + self.seed % 1000)
         rel = f"{folder}/{name}" if folder else name

@@ -8,23 +8,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from assemblage_assets.dev.sample_data import MARKER_RGB
+from assemblage_assets.dev.sample_data import MARKER_RGB, STORE_TRANSPOSE
 
 UPRIGHT_SIZE = (480, 240)  # landscape, 2:1, so a missing or extra quarter turn shows in the size
 MARKER_SIDE = 60
 BACKGROUND_RGB = (60, 120, 200)
-
-# Inverse of the transpose each orientation asks for (2/3/4/5/7 are their own inverse).
-STORE_TRANSPOSE: dict[int, Image.Transpose | None] = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
 
 # name -> (Pillow mode of the stored pixels, TIFF save options). Uncompressed grey and RGBA
 # single-strip files are the ones Pillow memory-maps when opened by file name.

@@ -98,6 +98,18 @@ def replicate(fake: FakeReplicate, **kw) -> ReplicateEmbedding:
     return ReplicateEmbedding(**options)
 
 
+def publish_at_cdn(dsn: str, shard: str) -> dict[str, str]:
+    """Give the shard's images public preview and thumbnail URLs (as IMAGE_BASE_URL would);
+    returns their ids by file name."""
+    ids = image_ids(dsn, shard)
+    with db.connect(dsn) as conn:
+        for image_id in ids.values():
+            conn.execute("UPDATE images SET preview_url = %s, thumbnail_url = %s WHERE id = %s",
+                         (f"https://cdn.example/watermarked/{image_id}.jpg",
+                          f"https://cdn.example/thumbnail/{image_id}.webp", image_id))
+    return ids
+
+
 def run(dsn: str, shard: str, provider, cache: Path, run_id: str = "run-1", **kw):
     with db.connect(dsn) as conn:
         return embed_shard(conn, shard, provider, dsn=dsn, cache_dir=cache, run_id=run_id, **kw)
@@ -124,12 +136,7 @@ def test_replicate_uploads_or_sends_public_urls_accepts_both_shapes_and_never_pa
 
         # the other output shape, and public URLs: the clean thumbnail's, not the preview's
         fake.shape = "list"
-        ids = image_ids(pg_dsn, "parks")
-        with db.connect(pg_dsn) as conn:
-            for image_id in ids.values():
-                conn.execute("UPDATE images SET preview_url = %s, thumbnail_url = %s WHERE id = %s",
-                             (f"https://cdn.example/watermarked/{image_id}.jpg",
-                              f"https://cdn.example/thumbnail/{image_id}.webp", image_id))
+        ids = publish_at_cdn(pg_dsn, "parks")
         report = run(pg_dsn, "parks", replicate(fake, image_base_url="https://cdn.example"), cache, run_id="run-2")
         assert report.counts["embedded"] == 2 and len(fake.uploads) == 3
         sent = {p.json()["input"]["image"] for p in fake.calls("POST", "/v1/predictions")[3:]}
@@ -319,12 +326,7 @@ def test_openai_sends_a_clean_data_url_or_the_thumbnail_url_never_the_watermarke
         assert_clean_images([base64.b64decode(u.split(",", 1)[1]) for u in urls], images, cache, pg_dsn, "parks",
                             size=(320, 240))
 
-        ids = image_ids(pg_dsn, "cars")
-        with db.connect(pg_dsn) as conn:
-            for image_id in ids.values():
-                conn.execute("UPDATE images SET preview_url = %s, thumbnail_url = %s WHERE id = %s",
-                             (f"https://cdn.example/watermarked/{image_id}.jpg",
-                              f"https://cdn.example/thumbnail/{image_id}.webp", image_id))
+        ids = publish_at_cdn(pg_dsn, "cars")
         report = run(pg_dsn, "cars", openai_provider(fake, image_base_url="https://cdn.example"), cache, run_id="run-2")
         assert report.counts["embedded"] == 3
         sent = {c.json()["messages"][0]["content"][1]["image_url"]["url"] for c in fake.calls("POST", "/v1/chat/completions")[2:]}

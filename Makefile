@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ASSEMBLAGE_HOME ?= $(CURDIR)/.assemblage
 export DAGSTER_HOME ?= $(ASSEMBLAGE_HOME)/dagster
 
-.PHONY: install run test ui status stop clean lint screenshot check-defs
+.PHONY: install run test ui status stop clean lint screenshot check-defs chaos
 
 # Reinstall only when the dependency list or the constraints change.
 $(STAMP): pyproject.toml constraints.txt
@@ -25,6 +25,9 @@ run: install  ## ingest and embed the sample tree (generated if empty) through D
 test: install  ## import contracts (one-way layers), then the whole test suite against the embedded Postgres
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+chaos: install  ## the fault trials alone (kill -9 mid paid run, dead Postgres, failing providers, dead run workers); `make test` runs them too
+	$(BIN)/pytest -q -s tests/chaos tests/platform/test_run_monitoring.py $(PYTEST_ARGS)
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 for the same code location and instance
 	mkdir -p $(DAGSTER_HOME)

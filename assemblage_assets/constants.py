@@ -10,7 +10,9 @@ from enum import StrEnum
 
 INGEST_SHARD_JOB = "ingest_shard_job"
 PUBLISH_SHARD_JOB = "publish_shard_job"
+VERIFY_OBJECTS_JOB = "verify_shard_objects_job"
 EMBED_SHARD_JOB = "embed_shard_job"
+CAPTION_SHARD_JOB = "caption_shard_job"
 FINALIZE_INDEX_JOB = "finalize_index_job"
 VEHICLE_BACKFILL_JOB = "vehicle_backfill_job"
 DISTRIBUTED_SHARD_JOB = "distributed_shard_job"
@@ -37,6 +39,7 @@ class ImageStatus(StrEnum):
     INDEXED = "indexed"  # published and has a vector for the active embedding model
     FAILED = "failed"  # a candidate that cannot be ingested
     REJECTED = "rejected"  # not a candidate at all (extension)
+    DUPLICATE = "duplicate"  # derived; a near-duplicate of a published image, not published (SKIP_NEAR_DUPLICATES)
 
 
 # Derived at least: what r2_objects publishes or re-checks and what embeddings may embed.

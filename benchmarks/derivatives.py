@@ -310,6 +310,15 @@ def main() -> None:
             )
         else:
             print("SKIP: on par with libvips (pyvips not installed)")
+
+        # ThumbHash + reverse geocoding (issue 12): their own measurement, in a fresh process.
+        import enrichments  # benchmarks/ is on sys.path when a script runs
+
+        print("\n" + enrichments.report(src_dir, args.repeat))
+        # pHash + dHash (issue 12, near-duplicates): likewise in a fresh process.
+        import perceptual_cost  # benchmarks/ is on sys.path when a script runs
+
+        print("\n" + perceptual_cost.report(src_dir, args.repeat))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -227,6 +227,85 @@ def bench_writes(dsn: str, rows: int, batch: int, dim: int = 768) -> dict:
     }
 
 
+def bench_backends(arch: str, models: Path, files: list[Path], batch: int, dsn: str, repeats: int) -> dict:
+    """Each CPU backend model-only (images decoded and preprocessed beforehand), then the stage
+    with today's torch fp32 and with the backend ``auto`` picks here, in one run."""
+    import numpy as np
+
+    from assemblage_assets.core import db
+    from assemblage_assets.dev.tiny_clip import build_clip_checkpoint
+    from assemblage_assets.embeddings import embed
+    from resources.embedding import LocalClipEmbedding
+    from resources.embedding.clip_backends import candidates, min_cosine
+    from resources.embedding.clip_encoder import ClipEncoder, decode_for_clip
+    from resources.embedding.types import ProviderConfigError
+
+    os.environ.setdefault("ASSEMBLAGE_HOME", str(models.parent / "state"))  # ONNX builds land there
+    path = build_clip_checkpoint(models / f"{arch}-backends", arch, seed=0)
+    reference = ClipEncoder.load(str(path), batch_size=batch)
+    images = [decode_for_clip(str(f), reference.min_side) for f in files]
+    feats = [reference.preprocess(images[i : i + batch]) for i in range(0, len(images), batch)]
+    ref_vectors = np.concatenate([reference.forward(f) for f in feats])
+    t0 = time.perf_counter()
+    auto = ClipEncoder.load(str(path), batch_size=batch, backend="auto", precision="auto")
+    auto_seconds = time.perf_counter() - t0  # exports, quantizes, verifies, measures (once per machine)
+    rows: dict[str, dict] = {}
+    for option in candidates("cpu", "auto", "auto"):
+        try:
+            encoder = ClipEncoder.load(str(path), batch_size=batch, backend=option.backend, precision=option.precision)
+        except ProviderConfigError as exc:  # a build that failed its verification
+            rows[option.label] = {"error": str(exc)}
+            continue
+        encoder.forward(feats[0])  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t1 = time.perf_counter()
+            out = np.concatenate([encoder.forward(f) for f in feats])
+            best = min(best, time.perf_counter() - t1)
+        rows[option.label] = {"model_only_images_per_s": round(len(files) / best, 2),
+                              "cosine_to_fp32": round(min_cosine(out, ref_vectors), 6)}
+    shard = f"bench-backends-{arch}"
+    cache = models.parent / "cache"
+    _register(dsn, shard, files, models.parent / "shards-backends", cache)
+
+    def stage(label: str) -> tuple[float, float]:
+        backend, _, precision = label.partition("-")
+        provider = LocalClipEmbedding(clip_model=str(path), batch_size=batch, clip_backend=backend, clip_precision=precision)
+        embed._VOCABULARY_VECTORS.clear()
+        with db.connect(dsn) as conn:
+            conn.execute("DELETE FROM image_embeddings WHERE model = %s", (provider.model_id,))
+            conn.execute("DELETE FROM image_tags WHERE model = %s", (provider.model_id,))
+            t1 = time.perf_counter()
+            vocab = embed.vocabulary_vectors(provider, embed.tags.load_vocabulary(provider.tag_vocabulary))
+            t_vocab = time.perf_counter() - t1
+            report = embed.embed_shard(conn, shard, provider, dsn=dsn, cache_dir=cache)
+            assert report.counts["embedded"] == len(files) and report.backend == label, report.counts
+            del vocab
+            return time.perf_counter() - t1, t_vocab
+
+    chosen = auto.backend_label
+    stages: dict[str, list[tuple[float, float]]] = {"torch-fp32": [], chosen: []}
+    for _ in range(repeats):  # interleaved, best of each
+        for label in stages:
+            stages[label].append(stage(label))
+    fp32_s, fp32_vocab = min(stages["torch-fp32"])
+    best_s, best_vocab = min(stages[chosen])
+    model_only = rows[chosen]["model_only_images_per_s"]
+    shutil.rmtree(path)
+    return {
+        "arch": arch, "images": len(files), "batch": batch, "auto_choice": chosen, "auto_seconds": round(auto_seconds, 1),
+        "auto_measured": auto.backend_detail.get("measured"), "backends": rows,
+        "stage_fp32_images_per_s": round(len(files) / fp32_s, 2),
+        "stage_best_images_per_s": round(len(files) / best_s, 2),
+        "stage_best_vs_stage_fp32": round(fp32_s / best_s, 2),
+        "stage_best_vs_model_only": round(len(files) / best_s / model_only, 3),
+        "stage_best_minus_vocab_vs_model_only": round(len(files) / (best_s - best_vocab) / model_only, 3),
+        "stage_fp32_minus_vocab_images_per_s": round(len(files) / (fp32_s - fp32_vocab), 2),
+        "stage_best_minus_vocab_vs_stage_fp32_minus_vocab": round((fp32_s - fp32_vocab) / (best_s - best_vocab), 2),
+        "vocab_seconds": {"torch-fp32": round(fp32_vocab, 2), chosen: round(best_vocab, 2)},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=int(os.environ.get("EMBED_BATCH_SIZE") or 32))
@@ -239,6 +318,10 @@ def main() -> None:
     parser.add_argument("--device", help="cpu or cuda (default: CUDA when present)")
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--skip-writes", action="store_true")
+    parser.add_argument("--backends", action="store_true",
+                        help="CPU backends (torch fp32/bf16, ONNX fp32/int8) on ViT-B/32: stage with the best one "
+                             "vs today's fp32 stage and vs its own model-only throughput")
+    parser.add_argument("--images-backends", type=int, default=64, help="images for --backends")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the best of each measurement counts")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -277,6 +360,21 @@ def main() -> None:
                     f"({r['stage_from_sources_minus_vocab_vs_model']:.2f}x); sequential from sources {r['sequential_vs_model']:.2f}x",
                     flush=True,
                 )
+        if args.backends:
+            src = work / "src-backends"
+            src.mkdir()
+            files = generate(src, args.images_backends, (width, height))
+            results["backends"] = b = bench_backends("ViT-B-32", work / "models", files, args.batch, dsn, args.repeat)
+            for label, row in b["backends"].items():
+                if "error" in row:
+                    print(f"  {label:10s} not usable: {row['error']}")
+                    continue
+                print(f"  {label:10s} model-only {row['model_only_images_per_s']:7.2f} img/s, cosine to fp32 "
+                      f"{row['cosine_to_fp32']:.6f}")
+            print(f"ViT-B-32 stage: torch-fp32 {b['stage_fp32_images_per_s']:.2f} img/s, {b['auto_choice']} (auto) "
+                  f"{b['stage_best_images_per_s']:.2f} img/s = {b['stage_best_vs_stage_fp32']:.2f}x today's stage "
+                  f"(target >= 4x), {b['stage_best_vs_model_only']:.0%} of its model-only throughput (target >= 90%; "
+                  f"{b['stage_best_minus_vocab_vs_model_only']:.0%} without the per-run tag vocabulary)", flush=True)
         if not args.skip_writes:
             print(f"\nwrites: {args.rows:,} vectors of 768 dimensions", flush=True)
             results["writes"] = w = bench_writes(dsn, args.rows, args.batch)

@@ -7,6 +7,8 @@ import dagster as dg
 
 from assemblage_assets.core import settings
 from assemblage_assets.core.imaging import THUMBNAIL_BOX, THUMBNAIL_FORMAT, THUMBNAIL_FORMATS, DerivativeSpec
+from resources import image_source
+from resources.image_source import ImageSource
 
 
 class ImageLibraryResource(dg.ConfigurableResource):
@@ -21,6 +23,11 @@ class ImageLibraryResource(dg.ConfigurableResource):
     thumbnail_size: int = THUMBNAIL_BOX  # THUMBNAIL_SIZE: pixels of the square box
     thumbnail_format: str = THUMBNAIL_FORMAT  # THUMBNAIL_FORMAT: webp, jpeg or png
     default_owner: str = ""  # DEFAULT_OWNER: owner of images from the folder (cost attribution)
+    image_sources: str = ""  # IMAGE_SOURCES: comma-separated source URIs; empty: images_dir alone
+    staging_dir: str = ""  # ASSEMBLAGE_HOME/staging: remote entries between download and publication
+    staging_budget_mb: int = 2048  # SOURCE_STAGING_BUDGET_MB: all staged files together
+    source_max_file_mb: int = 200  # SOURCE_MAX_FILE_MB: a remote entry above this is recorded, not fetched
+    download_concurrency: int = 4  # SOURCE_DOWNLOAD_CONCURRENCY: parallel downloads from a remote source
 
     @classmethod
     def from_env(cls) -> "ImageLibraryResource":
@@ -41,6 +48,11 @@ class ImageLibraryResource(dg.ConfigurableResource):
             thumbnail_size=thumbnail_size,
             thumbnail_format=thumbnail_format,
             default_owner=settings.env_str("DEFAULT_OWNER"),
+            image_sources=settings.env_str("IMAGE_SOURCES"),
+            staging_dir=str(paths.home / "staging"),
+            staging_budget_mb=settings.env_int("SOURCE_STAGING_BUDGET_MB", 2048),
+            source_max_file_mb=settings.env_int("SOURCE_MAX_FILE_MB", 200),
+            download_concurrency=settings.env_int("SOURCE_DOWNLOAD_CONCURRENCY", 4),
         )
 
     @property
@@ -50,6 +62,15 @@ class ImageLibraryResource(dg.ConfigurableResource):
     @property
     def cache(self) -> Path:
         return Path(self.derivative_cache_dir)
+
+    @property
+    def staging(self) -> Path:
+        return Path(self.staging_dir) if self.staging_dir else self.cache.parent / "staging"
+
+    def sources(self) -> list[ImageSource]:
+        """The configured sources (built now: their secrets are read from the environment when
+        they connect, never held in this resource's config)."""
+        return image_source.from_env(self.image_sources or self.images_dir)
 
     def derivative_spec(self) -> DerivativeSpec:
         return DerivativeSpec(

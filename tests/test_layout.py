@@ -11,15 +11,22 @@ PACKAGES = ("assemblage_assets", "resources", "schedules")
 OWNERS = {
     "images": "assemblage_assets/images/catalog.py",
     "processing_log": "assemblage_assets/images/catalog.py",
+    "shard_verifications": "assemblage_assets/images/verification.py",
+    "shard_scans": "assemblage_assets/images/rescan.py",
     "image_embeddings": "assemblage_assets/embeddings/vectors.py",
     "embedding_models": "assemblage_assets/embeddings/vectors.py",
     "embedding_queue": "assemblage_assets/embeddings/retry_queue.py",
     "embedding_usage_log": "assemblage_assets/embeddings/usage_log.py",
+    "paid_call_intents": "assemblage_assets/embeddings/intents.py",
     "embedding_rate_limit": "assemblage_assets/embeddings/rate_limit.py",
     "embedding_provider_pause": "assemblage_assets/embeddings/rate_limit.py",
     "image_tags": "assemblage_assets/embeddings/tags.py",
+    "caption_failures": "assemblage_assets/embeddings/caption_queue.py",
     "vehicles": "assemblage_assets/vehicles/records.py",
     "vehicle_images": "assemblage_assets/vehicles/records.py",
+    "duplicate_index": "assemblage_assets/duplicates/groups.py",
+    "duplicate_groups": "assemblage_assets/duplicates/groups.py",
+    "duplicate_members": "assemblage_assets/duplicates/groups.py",
     "schema_migrations": "assemblage_assets/core/db.py",
 }
 WRITE = re.compile(r"\b(?:INSERT INTO|UPDATE|DELETE FROM|COPY)\s+(\w+)", re.IGNORECASE)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from assemblage_assets.cli.captions import prepare_demo_captioner, run_demo_captions
 from assemblage_assets.cli.common import BANNER, check_object_store, database_dsn
 from assemblage_assets.cli.embeddings import cmd_search
 from assemblage_assets.cli.launch import launch_embed_runs
@@ -33,9 +34,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tree = write_sample_tree(images_dir)
         print(f"generated sample tree: {tree.files} files in {images_dir}")
     tiny = prepare_demo_model(args.allow_tiny_model)  # before definitions read CLIP_MODEL
+    tiny_blip = prepare_demo_captioner(args.allow_tiny_model)  # CAPTION_PROVIDER=blip only
     store = check_object_store()
     runs = materialize_shards(INGEST_SHARD_JOB, images_dir)
     runs += run_demo(tiny)
+    runs += run_demo_captions(tiny_blip)
     print()
     print_status(collect_status())
     print()
@@ -102,7 +105,7 @@ def add_commands(sub: Any, default_images: str) -> None:
     p.add_argument("--images-dir", default=default_images)
     p.add_argument(
         "--allow-tiny-model", action="store_true",
-        help="if the configured CLIP model cannot be loaded (offline), embed with a tiny random model "
-        "whose vectors carry no meaning (also ASSEMBLAGE_DEMO_TINY_MODEL=1)",
+        help="if the configured CLIP model (or, with CAPTION_PROVIDER=blip, the BLIP model) cannot be loaded "
+        "(offline), use a tiny random model whose vectors and captions carry no meaning (also ASSEMBLAGE_DEMO_TINY_MODEL=1)",
     )
     p.set_defaults(func=cmd_demo)

@@ -23,6 +23,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     try:
         provider = configured_provider(load=not (args.estimate or args.reset_errors))
+        if args.reembed:
+            return _reembed(provider, args)
     except (ProviderConfigError, ValueError) as exc:
         return fail(str(exc))
     model = provider.model_id
@@ -56,6 +58,30 @@ def cmd_embed(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"  {r.shard}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _reembed(provider: Any, args: argparse.Namespace) -> int:
+    """In this process (no Dagster run): a maintenance pass over vectors already stored."""
+    from assemblage_assets.core import db
+    from assemblage_assets.embeddings.reembed import count_stale, reembed
+
+    backend = provider.vector_backend
+    if backend is None:
+        return fail(f"--reembed redoes local CLIP vectors; {provider.provider_name} has no backend choice")
+    limit = args.limit or 0
+    with db.connect(database_dsn()) as conn:
+        stale = count_stale(conn, provider.model_id, backend, args.shard)
+        if args.estimate or not stale:
+            print(f"{stale:,} vector(s) of {provider.model_id} were computed by another backend than {backend}"
+                  + ("" if stale else ": nothing to redo"))
+            return 0
+        print(f"re-embedding {min(stale, limit) if limit else stale:,} vector(s) of {provider.model_id} with {backend}")
+        report = reembed(conn, provider, settings.Paths.from_env().derivative_cache, shard=args.shard, limit=limit,
+                         progress=lambda line: print(line, flush=True))
+    print(f"{report.redone:,} vector(s) now {backend}, {report.failed:,} failed "
+          f"({', '.join(f'{k} {v}' for k, v in report.errors.items()) or 'none'}; they keep their old vector) "
+          f"in {report.seconds:.1f}s")
+    return 1 if report.failed else 0
 
 
 def cmd_provider_test(args: argparse.Namespace) -> int:
@@ -164,6 +190,9 @@ def add_commands(sub: Any, default_images: str) -> None:
     p.add_argument("--estimate", action="store_true", help="print how many images and the expected cost; spend nothing")
     p.add_argument("--reset-errors", action="store_true", help="put images errored after 3 retries back in line")
     p.add_argument("--all-models", action="store_true", help="with --reset-errors: for every model, not just the active one")
+    p.add_argument("--reembed", action="store_true",
+                   help="redo the active model's vectors that another CLIP backend computed (CLIP_BACKEND/CLIP_PRECISION); "
+                        "resumable, only rows whose backend differs")
     p.add_argument("--json", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
     p.set_defaults(func=cmd_embed)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from assemblage_assets.cli.common import check_object_store
-from assemblage_assets.constants import INGEST_SHARD_JOB, PUBLISH_SHARD_JOB
+from assemblage_assets.constants import INGEST_SHARD_JOB, PUBLISH_SHARD_JOB, VERIFY_OBJECTS_JOB
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
@@ -26,6 +26,12 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 def cmd_shards(args: argparse.Namespace) -> int:
     from assemblage_assets.images.shards import discover_shards
 
+    if args.images_dir is None:
+        from assemblage_assets.cli.sources import cmd_source_shards, single_local_folder
+
+        args.images_dir = single_local_folder(args.source)
+        if args.images_dir is None:
+            return cmd_source_shards(args)  # buckets, Dropbox, several folders of IMAGE_SOURCES
     images_dir = Path(args.images_dir).resolve()
     if args.register:
         import dagster as dg
@@ -41,16 +47,25 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_job(job_name: str, args: argparse.Namespace) -> int:
+def _run_job(job_name: str, args: argparse.Namespace, run_config: dict[str, Any] | None = None) -> int:
     from assemblage_assets.cli.launch import materialize_shards
 
-    runs = materialize_shards(job_name, Path(args.images_dir).resolve(), args.shard or (), verbose=args.verbose)
+    runs = materialize_shards(
+        job_name, Path(args.images_dir).resolve(), args.shard or (), verbose=args.verbose,
+        skip_idle=not getattr(args, "every_shard", True), run_config=run_config,
+    )
     failed = [r for r in runs if not r.success]
     print(f"{len(runs) - len(failed)}/{len(runs)} shard run(s) succeeded")
     return 1 if failed else 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    if args.images_dir is None:
+        from assemblage_assets.cli.sources import cmd_ingest_sources, single_local_folder
+
+        args.images_dir = single_local_folder(args.source)
+        if args.images_dir is None:
+            return cmd_ingest_sources(args)  # buckets, Dropbox, several folders of IMAGE_SOURCES
     print(f"publishing to {check_object_store()}")
     return _run_job(INGEST_SHARD_JOB, args)
 
@@ -61,25 +76,50 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return _run_job(PUBLISH_SHARD_JOB, args)
 
 
+def cmd_verify_objects(args: argparse.Namespace) -> int:
+    """Check every object of the shards in the store and put back what is missing."""
+    from assemblage_assets.images.jobs import VERIFY_RUN_CONFIG
+
+    print(f"verifying objects in {check_object_store()}")
+    return _run_job(VERIFY_OBJECTS_JOB, args, VERIFY_RUN_CONFIG)
+
+
+EVERY_SHARD_HELP = "run every selected shard, even those with nothing to do (default: skip them after a read-only check)"
+
+
 def add_commands(sub: Any, default_images: str) -> None:
     p = sub.add_parser("sample-data", help="write the sample image tree (photos with EXIF, odd formats, broken files)")
     p.add_argument("dir", help="destination folder")
     p.add_argument("--photos-per-shard", type=int, default=8)
     p.set_defaults(func=cmd_sample_data)
 
-    p = sub.add_parser("shards", help="list the directory shards of IMAGES_DIR with their partition keys")
-    p.add_argument("--images-dir", default=default_images)
+    p = sub.add_parser("shards", help="list the shards of IMAGE_SOURCES (else IMAGES_DIR) with their partition keys")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--images-dir", default=None, help=f"one local tree (default: IMAGE_SOURCES, else {default_images})")
+    where.add_argument("--source", metavar="URI", help="one source of IMAGE_SOURCES (or its label)")
     p.add_argument("--register", action="store_true", help="also add missing shards as Dagster partitions")
     p.set_defaults(func=cmd_shards)
 
-    p = sub.add_parser("ingest", help="scan, derive and publish shards through Dagster (raw_files + derivatives + r2_objects)")
-    p.add_argument("--images-dir", default=default_images, help=f"source tree (default: IMAGES_DIR or {default_images})")
+    p = sub.add_parser("ingest", help="scan, derive, group near-duplicates and publish shards through Dagster (raw_files + derivatives + duplicates + r2_objects)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--images-dir", default=None,
+                       help=f"one local source tree, ignoring IMAGE_SOURCES (default: every source of IMAGE_SOURCES, else {default_images})")
+    where.add_argument("--source", metavar="URI", help="one source of IMAGE_SOURCES (a path, s3://bucket/prefix, dropbox:/Folder, or its label)")
     p.add_argument("--shard", action="append", metavar="KEY", help="shard key to run (repeatable; default: all)")
+    p.add_argument("--every-shard", action="store_true", help=EVERY_SHARD_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("upload", help="publish processed shards to the object store through Dagster (r2_objects)")
     p.add_argument("--images-dir", default=default_images, help=f"source tree (default: IMAGES_DIR or {default_images})")
     p.add_argument("--shard", action="append", metavar="KEY", help="shard key to publish (repeatable; default: all)")
+    p.add_argument("--every-shard", action="store_true", help=EVERY_SHARD_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
     p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("verify-objects", help="check every object of the shards in the store and put back what is "
+                       "missing (verify_shard_objects_job; ingest and upload skip shards already checked)")
+    p.add_argument("--images-dir", default=default_images, help=f"source tree (default: IMAGES_DIR or {default_images})")
+    p.add_argument("--shard", action="append", metavar="KEY", help="shard key to verify (repeatable; default: all)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
+    p.set_defaults(func=cmd_verify_objects, every_shard=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from assemblage_assets.cli.common import database_dsn
-from assemblage_assets.constants import EMBED_SHARD_JOB, VEHICLE_BACKFILL_JOB
+from assemblage_assets.constants import EMBED_SHARD_JOB, INGEST_SHARD_JOB, VEHICLE_BACKFILL_JOB
 from assemblage_assets.images.shards import discover_shards
 from assemblage_assets.platform.dagster_home import ensure_dagster_home
 
@@ -44,8 +44,11 @@ def materialize_shards(
     *,
     verbose: bool = False,
     progress: Callable[[str], None] = print,
+    skip_idle: bool = False,
+    run_config: dict[str, Any] | None = None,
 ) -> list[ShardRun]:
-    """Register the shards of ``images_dir`` and run ``job_name`` once per selected shard."""
+    """Register the shards of ``images_dir`` and run ``job_name`` once per selected shard; with
+    ``skip_idle``, only per shard with something to do (``idle_shards``)."""
     os.environ["IMAGES_DIR"] = str(images_dir)
     ensure_dagster_home()
     import dagster as dg
@@ -64,8 +67,33 @@ def materialize_shards(
     if unknown:
         raise SystemExit(f"unknown shard key(s) {unknown}; shards of {images_dir}: {sorted(on_disk)}")
 
-    run_config = None if verbose else QUIET_LOGGING
-    return run_partitions(defs.resolve_job_def(job_name), {key: run_config for key in keys}, instance, progress)
+    if skip_idle:
+        idle = idle_shards(job_name, images_dir, keys, progress)
+        keys = [key for key in keys if key not in idle]
+    config = {**(run_config or {}), **({} if verbose else QUIET_LOGGING)} or None
+    return run_partitions(defs.resolve_job_def(job_name), {key: config for key in keys}, instance, progress)
+
+
+def idle_shards(job_name: str, images_dir: Path, keys: Sequence[str], progress: Callable[[str], None] = print) -> set[str]:
+    """Shards where a run of ``job_name`` would find nothing to do, read from the tree, the
+    catalogue and the store's last full checks (no run started, nothing written)."""
+    from assemblage_assets.core import db
+    from assemblage_assets.images import idle
+    from resources import object_store
+
+    started = time.perf_counter()
+    with object_store.from_env().process_config_and_initialize_cm() as store, db.connect(database_dsn()) as conn:
+        if job_name == INGEST_SHARD_JOB:
+            plans = list(idle.plan_ingest(conn, images_dir, keys, store))
+        else:
+            plans = list(idle.plan_publish(conn, keys, store))
+    skipped = {p.shard for p in plans if p.idle}
+    for plan in plans:
+        if not plan.idle and len(keys) <= 50:
+            progress(f"{plan.shard}: {plan.reason}")
+    progress(f"{len(skipped)} of {len(keys)} shard(s) have nothing to do, skipped "
+             f"({time.perf_counter() - started:.1f}s to check; --every-shard runs them anyway)")
+    return skipped
 
 
 def run_partition(

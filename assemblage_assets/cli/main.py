@@ -9,11 +9,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from assemblage_assets.cli import demo, embeddings, images, index, platform, status, vehicles
+from assemblage_assets.cli import (
+    captions,
+    demo,
+    duplicates,
+    embeddings,
+    export,
+    images,
+    index,
+    platform,
+    serve,
+    sources,
+    status,
+    vehicles,
+)
 from assemblage_assets.core import settings
 
 # In the order ``assemblage --help`` lists them.
-COMMAND_MODULES = (platform, images, vehicles, status, embeddings, index, demo)
+COMMAND_MODULES = (platform, images, sources, vehicles, status, duplicates, embeddings, captions, index, export, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from assemblage_assets.cli.common import configured_provider, database_dsn
 
 def collect_status(shard: str | None = None, failure_limit: int = 50) -> dict[str, Any]:
     from assemblage_assets.core import db
-    from assemblage_assets.images import catalog
+    from assemblage_assets.images import catalog, places
     from assemblage_assets.vehicles import records
 
     dsn = database_dsn()
@@ -21,6 +21,7 @@ def collect_status(shard: str | None = None, failure_limit: int = 50) -> dict[st
             "images": catalog.count_images(conn),
             "status_counts": catalog.status_counts(conn, shard),
             "failures": catalog.failures(conn, shard, failure_limit),
+            "places": places.place_counts(conn, shard),
             "vehicles": records.monitoring(conn, failure_limit),
             "embeddings": (embeddings := embedding_status(conn)),
             "disagreements": catalog.status_disagreements(conn, embeddings["active_model"], failure_limit),
@@ -29,7 +30,7 @@ def collect_status(shard: str | None = None, failure_limit: int = 50) -> dict[st
 
 def embedding_status(conn: Any) -> dict[str, Any]:
     """The embedding part of ``assemblage status``."""
-    from assemblage_assets.embeddings import retry_queue
+    from assemblage_assets.embeddings import retry_queue, vectors
     from assemblage_assets.embeddings.candidates import count_candidates
     from assemblage_assets.embeddings.search import stored_models
     from assemblage_assets.embeddings.usage_log import cost_summary
@@ -43,6 +44,7 @@ def embedding_status(conn: Any) -> dict[str, Any]:
         "provider": provider_name,
         "active_model": active,
         "models": stored_models(conn),
+        "backends": vectors.backend_counts(conn),  # vectors per (model, backend): a mixed catalogue shows
         "missing": count_candidates(conn, None, active) if active else None,
         "queue": retry_queue.queue_counts(conn, active),
         "errored": retry_queue.errored(conn, active, 10),
@@ -55,6 +57,7 @@ def print_status(status: dict[str, Any]) -> None:
     print(f"database: {status['database']}")
     print(f"distinct images: {status['images']}")
     print("files per status: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print_places(status.get("places"))
     if status["failures"]:
         print(f"failed or rejected files ({len(status['failures'])} shown):")
         for row in status["failures"]:
@@ -70,6 +73,15 @@ def print_status(status: dict[str, Any]) -> None:
             print(f"  [{row['vehicle_status']}:{row['kind']}] vehicle {row['vehicle_id']} {row['url']}: {row['reason']}")
     print_embedding_status(status.get("embeddings"))
     print_disagreements(status.get("disagreements"))
+
+
+def print_places(found: dict[str, Any] | None) -> None:
+    """Images with a GPS position, how many of them near a known place, and the top places."""
+    if not found or not found["located"]:
+        return
+    print(f"places: {found['located']} image(s) with a GPS position, {found['placed']} near a known place")
+    for row in found["top"]:
+        print(f"  {row['city']}, {row['region'] + ', ' if row['region'] else ''}{row['country']}: {row['images']}")
 
 
 def print_disagreements(found: dict[str, Any] | None) -> None:
@@ -89,6 +101,10 @@ def print_embedding_status(st: dict[str, Any] | None) -> None:
     print(f"embeddings: provider {st['provider']}, active model {st['active_model']}")
     for m in st["models"]:
         print(f"  {m['model']}: {m['vectors']} vector(s), {m['dim']}-d ({m['provider']})")
+        by_backend = [b for b in st.get("backends", []) if b["model"] == m["model"] and b["backend"]]
+        if by_backend:
+            mixed = " (mixed: `assemblage embed --reembed` makes them uniform)" if len(by_backend) > 1 else ""
+            print("    backends: " + ", ".join(f"{b['backend']} {b['vectors']}" for b in by_backend) + mixed)
     q = st["queue"]
     print(f"  missing for the active model: {st['missing']}; retry queue: {q['retry']} ({q['retry_due']} due); "
           f"errored: {q['errored']}")

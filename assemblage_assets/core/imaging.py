@@ -7,6 +7,7 @@ Nothing here touches the database or Dagster.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import uuid
@@ -20,14 +21,21 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-APPROVED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".tif")
+from assemblage_assets.core.settings import DEFAULT_IMAGE_EXTENSIONS
+
+APPROVED_EXTENSIONS = DEFAULT_IMAGE_EXTENSIONS  # the default; settings.image_extensions() is what applies
 # Detected format -> (Pillow formats allowed to open it, extension used for the published original)
 APPROVED_FORMATS = {
     "JPEG": (["JPEG", "MPO"], "jpg"),
     "PNG": (["PNG"], "png"),
     "WEBP": (["WEBP"], "webp"),
     "TIFF": (["TIFF"], "tiff"),
+    "HEIF": (["HEIF"], "heic"),  # through pillow-heif (see register_heif)
+    "AVIF": (["AVIF"], "avif"),  # Pillow's own plugin (libavif)
 }
+# ISO base media ("ftyp") brands: AVIF, then HEIF images; any other ftyp is a video or a raw.
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
 # uuid5 namespace for image ids: the same bytes always get the same id, on any machine.
 IMAGE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/assemblage/images")
 
@@ -72,10 +80,57 @@ def sniff_format(head: bytes) -> str | None:
     if head[:2] == b"BM":
         return "BMP"
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        return "AVIF" if brand in (b"avif", b"avis") else "HEIF"
+        return _ftyp_format(head)
     if head.startswith(b"%PDF"):
         return "PDF"
+    return None
+
+
+def _ftyp_format(head: bytes) -> str:
+    """AVIF, HEIF, or what else an ISO base media file is, from its major and compatible brands
+    (as many as ``head`` holds: 16 bytes give the major brand, 32 up to four compatible ones)."""
+    box_size = int.from_bytes(head[:4], "big")
+    end = min(len(head), box_size) if box_size >= 16 else len(head)
+    major = head[8:12]
+    if major in _AVIF_BRANDS:
+        return "AVIF"
+    if major in _HEIF_BRANDS - {b"mif1", b"msf1"}:
+        return "HEIF"
+    # A generic major brand (mif1, or another): the compatible brands say which codec.
+    brands = {major} | {head[i : i + 4] for i in range(16, end - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIF_BRANDS:
+        return "HEIF"
+    if head[8:12] == b"crx ":
+        return "CR3"
+    return "QuickTime" if head[8:12] == b"qt  " else "MP4"
+
+
+@functools.cache
+def register_heif() -> None:
+    """Teach Pillow HEIF/HEIC (pillow-heif), once per process and only when a HEIF file shows up.
+    pillow-heif applies HEIF's own rotation and mirroring (irot/imir) on decode and resets the
+    EXIF orientation to 1, so ``orientation()`` then reports nothing left to do."""
+    from pillow_heif import register_heif_opener
+
+    # Only the primary image is ever decoded: no thumbnails, depth or auxiliary images.
+    register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+
+def prepare_decoder(detected: str | None) -> None:
+    """Register the plugin ``detected`` needs (from ``sniff_format``) before ``Image.open``."""
+    if detected == "HEIF":
+        register_heif()
+
+
+def missing_decoder(detected: str | None) -> str | None:
+    """Why this installation cannot decode ``detected`` (None when it can)."""
+    if detected == "AVIF":
+        from PIL import features
+
+        if not features.check("avif"):
+            return "this Pillow has no AVIF support (PIL.features.check('avif') is False; Pillow's wheels bundle libavif)"
     return None
 
 
@@ -136,11 +191,23 @@ def open_image(source: str | os.PathLike[str] | BinaryIO) -> Iterator[Image.Imag
     every other TIFF (then ``load_oriented`` applies).
     """
     if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as fh, Image.open(fh) as img:
-            yield img
+        with open(source, "rb") as fh:
+            _prepare_for(fh)
+            with Image.open(fh) as img:
+                yield img
     else:
+        _prepare_for(source)
         with Image.open(source) as img:
             yield img
+
+
+def _prepare_for(fh: BinaryIO) -> None:
+    if fh.seekable():
+        start = fh.tell()
+        prepare_decoder(sniff_format(fh.read(32)))
+        fh.seek(start)
+    else:
+        register_heif()  # cannot peek: be ready for anything
 
 
 def load_oriented(img: Image.Image, before: int) -> int:

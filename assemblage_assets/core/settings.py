@@ -12,6 +12,8 @@ from pathlib import Path
 
 DEFAULT_MAX_IMAGE_PIXELS = 120_000_000  # 120 MP: above any camera sensor, far below a bomb
 DEFAULT_WATERMARK_TEXT = "assemblage"
+# Source files considered at all (others are recorded as rejected); IMAGE_EXTENSIONS overrides.
+DEFAULT_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".tif", ".heic", ".heif", ".avif")
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -57,6 +59,16 @@ def database_url() -> str:
 
 def images_dir() -> Path:
     return Path(env_str("IMAGES_DIR", str(assemblage_home() / "images"))).expanduser().resolve()
+
+
+def image_extensions() -> tuple[str, ...]:
+    """``IMAGE_EXTENSIONS`` (space- or comma-separated, e.g. ``.jpg .heic``; case and the leading
+    dot optional), else ``DEFAULT_IMAGE_EXTENSIONS``. The content is still checked by magic bytes."""
+    raw = env_str("IMAGE_EXTENSIONS")
+    if not raw:
+        return DEFAULT_IMAGE_EXTENSIONS
+    items = [item.strip().lower() for item in raw.replace(",", " ").split()]
+    return tuple(dict.fromkeys(item if item.startswith(".") else f".{item}" for item in items if item.strip(".")))
 
 
 @dataclass(frozen=True)

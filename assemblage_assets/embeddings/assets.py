@@ -98,6 +98,7 @@ def build_embeddings_asset(provider: type[EmbeddingResource]) -> dg.AssetsDefini
                 **stage_metadata(report, "embedded"),
                 "model": dg.MetadataValue.text(report.model),
                 "provider": dg.MetadataValue.text(report.provider),
+                "backend": dg.MetadataValue.text(report.backend or "remote"),
                 "dim": dg.MetadataValue.int(report.dim),
                 "cost_usd": dg.MetadataValue.float(round(cost["cost_usd"], 6)),
                 "paid_calls": dg.MetadataValue.int(cost["calls"]),

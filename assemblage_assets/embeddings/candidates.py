@@ -3,7 +3,10 @@ asset check, ``assemblage embed --estimate`` and ``status`` all share.
 
 An image is missing a vector for a model when one of its paths is derived at least
 (``processed``, ``uploaded`` or ``indexed``), it has no row in ``image_embeddings`` for that
-model, and the retry queue holds it neither as ``errored`` nor waiting for a retry.
+model, and the retry queue holds it neither as ``errored`` nor waiting for a retry. A
+near-duplicate held back by ``SKIP_NEAR_DUPLICATES`` (a ``duplicate`` path) never is, and in skip
+mode a hashed image only once the ``duplicates`` stage has checked it, so no paid call races
+that decision.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from assemblage_assets.constants import DERIVED_STATUSES, preview_key
+from assemblage_assets.core import settings
 from assemblage_assets.embeddings import tags
 from resources.embedding import EmbeddingResource
 from resources.embedding.types import EmbedItem
@@ -24,7 +28,11 @@ from resources.embedding.types import EmbedItem
 MISSING_VECTOR = """p.status = ANY(%(statuses)s)
       AND NOT EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = p.image_id AND e.model = %(model)s)
       AND NOT EXISTS (SELECT 1 FROM embedding_queue q WHERE q.image_id = p.image_id AND q.model = %(model)s
-                      AND (q.status = 'errored' OR q.next_attempt_at > now()))"""
+                      AND (q.status = 'errored' OR q.next_attempt_at > now()))
+      AND NOT EXISTS (SELECT 1 FROM processing_log d WHERE d.image_id = p.image_id AND d.status = 'duplicate')
+      AND (NOT %(skip_near_duplicates)s OR EXISTS (
+          SELECT 1 FROM images h WHERE h.id = p.image_id
+          AND (h.phash IS NULL OR EXISTS (SELECT 1 FROM duplicate_index x WHERE x.image_id = h.id))))"""
 
 _PAGE = f"""
     SELECT DISTINCT ON (p.image_id) p.image_id::text AS image_id, p.local_path, i.preview_key,
@@ -36,7 +44,8 @@ _PAGE = f"""
 
 
 def _params(model: str, **extra: object) -> dict[str, object]:
-    return {"model": model, "statuses": list(DERIVED_STATUSES), **extra}
+    return {"model": model, "statuses": list(DERIVED_STATUSES),
+            "skip_near_duplicates": settings.env_bool("SKIP_NEAR_DUPLICATES"), **extra}
 
 
 def count_candidates(conn: psycopg.Connection, shard: str | None, model: str) -> int:

@@ -40,14 +40,23 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
+from assemblage_assets.core import db
 from assemblage_assets.core.reports import Progress
 from assemblage_assets.embeddings import retry_queue, tags, vectors
 from assemblage_assets.embeddings.candidates import candidates, count_candidates
+from assemblage_assets.embeddings.intents import PaidCallJournal
 from assemblage_assets.embeddings.outcomes import Deferred, EmbedReport, OutcomeRecorder
 from assemblage_assets.embeddings.rate_limit import RateLimiter
 from assemblage_assets.images import catalog
 from resources.embedding import EmbeddingResource
-from resources.embedding.types import EmbeddingError, EmbedItem, EmbedOutcome, ProviderConfigError, RateLimitedError
+from resources.embedding.types import (
+    EmbeddingError,
+    EmbedItem,
+    EmbedOutcome,
+    ProviderConfigError,
+    RateLimitedError,
+    Usage,
+)
 
 DEFAULT_MAX_WAIT_SECONDS = 90.0  # per call: longer means the limit is oversubscribed; reschedule
 MAX_429_PER_IMAGE = 5
@@ -84,8 +93,10 @@ def embed_shard(
     started = time.perf_counter()
     provider.check_dimension()  # before any write
     model = provider.model_id
-    report = EmbedReport(model=model, provider=provider.provider_name, dim=provider.dim)
+    report = EmbedReport(model=model, provider=provider.provider_name, dim=provider.dim,
+                         backend=provider.vector_backend or "")
     vectors.ensure_model(conn, model, provider.provider_name, provider.dim, provider.source)
+    vectors.record_backend(conn, model, provider.vector_backend, provider.backend_detail)
     report.counts["indexed_paths"] += catalog.mark_indexed(conn, shard, model)
     total = count_candidates(conn, shard, model)
     if limit:
@@ -94,7 +105,7 @@ def embed_shard(
     if total:
         vocab = tags.load_vocabulary(provider.tag_vocabulary) if provider.zero_shot_tags else []
         vocab_vectors = vocabulary_vectors(provider, vocab) if vocab else None
-        recorder = OutcomeRecorder(conn, shard, provider, report, run_id, vocab, vocab_vectors)
+        recorder = OutcomeRecorder(conn, shard, provider, report, run_id, vocab, vocab_vectors, dsn=dsn)
         items = candidates(conn, shard, provider, cache_dir, limit=limit)
         if provider.paid:
             _embed_paid(items, provider, recorder, dsn=dsn, total=total, max_wait_seconds=max_wait_seconds,
@@ -130,7 +141,7 @@ class _Claims:
 
     def __init__(self, dsn: str, model: str) -> None:
         self.model = model
-        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn = db.open_connection(dsn, autocommit=True)
 
     def _key(self, image_id: str) -> int:
         return int.from_bytes(hashlib.sha1(f"{self.model}\0{image_id}".encode()).digest()[:4], "big", signed=True)
@@ -193,7 +204,7 @@ class _PaidCaller:
                 if throttled >= MAX_429_PER_IMAGE:
                     self.saturated.set()
                     return _with_paid(Deferred(item, f"rate limit: {throttled} answers 429 in a row"), paid)
-            except ProviderConfigError:
+            except (ProviderConfigError, psycopg.Error):  # configuration, or the database went away: the run fails
                 raise
             except EmbeddingError as exc:
                 return _with_paid(EmbedOutcome(item.image_id, error_kind=exc.kind, error=str(exc), usage=exc.usage,
@@ -237,6 +248,11 @@ def _embed_paid(
     limiter = RateLimiter(dsn, provider.provider_name, provider.max_calls_per_min, window_seconds=rate_window_seconds)
     call = _PaidCaller(provider, limiter, max_wait_seconds, reschedule_seconds)
     claims = _Claims(dsn, recorder.model)
+    # Every billable request is journaled before it is sent (intents.py): a killed run's calls
+    # are fetched by id or counted as lost, never bought again unknowingly.
+    journal = PaidCallJournal(dsn, provider.provider_name, recorder.model, recorder.run_id,
+                              Usage(units=1, unit="call", cost_usd=provider.estimate_cost_per_image()))
+    resumable = getattr(provider, "resumable_calls", False)
     deferred: list[Deferred] = []
     done = 0
     workers = max(1, provider.concurrency)
@@ -269,6 +285,9 @@ def _embed_paid(
                 recorder.report.counts["claimed_elsewhere"] += 1
                 continue
             recorder.paths[item.image_id] = item.path
+            if not resumable:  # requests of a killed run that cannot be fetched: billed, lost
+                journal.sweep(item.image_id)
+            item = dataclasses.replace(item, journal=journal)
             in_flight[pool.submit(call, item)] = item
             drain(block_until=workers * 2 - 1)
         drain(block_until=0)
@@ -284,4 +303,7 @@ def _embed_paid(
         recorder.report.rate_limit_waited = limiter.waited
         limiter.close()
         claims.close()
+        journal.close()
+        for key in ("resumed", "lost"):
+            recorder.report.counts[f"paid_calls_{key}"] += journal.counts[key]
         recorder.defer(deferred, reschedule_seconds)

@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import psycopg
 
+from assemblage_assets.core import db
+
 DEFAULT_PAID_CALLS_PER_MIN = 20
 
 
@@ -48,8 +50,8 @@ class RateLimiter:
         self._grants = 0
 
     def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, autocommit=True)
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = db.open_connection(self.dsn, autocommit=True)
         return self._conn
 
     def close(self) -> None:

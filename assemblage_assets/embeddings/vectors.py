@@ -102,6 +102,23 @@ def ensure_model(
     return None if state == "deferred" else name
 
 
+def record_backend(conn: psycopg.Connection, model: str, backend: str | None, detail: dict) -> None:
+    """The backend the model's latest run used, and why (``auto``'s measurement, build figures)."""
+    if backend is None:
+        return
+    conn.execute("UPDATE embedding_models SET backend = %s, backend_detail = %s::jsonb WHERE model = %s",
+                 (backend, json.dumps(detail, default=str), model))
+
+
+def backend_counts(conn: psycopg.Connection, model: str | None = None) -> list[dict]:
+    """Vectors per (model, backend): a mixed catalogue shows as several rows of one model."""
+    return conn.cursor(row_factory=dict_row).execute(
+        """SELECT model, backend, count(*) AS vectors FROM image_embeddings
+           WHERE %(model)s::text IS NULL OR model = %(model)s GROUP BY model, backend ORDER BY model, backend""",
+        {"model": model},
+    ).fetchall()
+
+
 def _index_exists(conn: psycopg.Connection, name: str) -> bool:
     return bool(conn.cursor(row_factory=tuple_row).execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0])
 
@@ -112,9 +129,10 @@ def _text_field(value: str) -> tuple[str, bytes]:
 
 
 def copy_payload(image_ids: Sequence[str], vectors: np.ndarray, *, model: str | None = None,
-                 provider: str | None = None) -> bytes:
+                 provider: str | None = None, backend: str | None = None) -> bytes:
     """The whole binary COPY stream, built with numpy in one go: rows of (uuid, vector), or
-    (uuid, model, provider, dim, vector) when ``model`` and ``provider`` are given."""
+    (uuid, model, provider, dim, vector) when ``model`` and ``provider`` are given, plus
+    ``backend`` after ``provider`` when that is given too."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     fields: list[tuple] = [("fields", ">i2"), ("id_len", ">i4"), ("id", "S16")]
@@ -122,16 +140,21 @@ def copy_payload(image_ids: Sequence[str], vectors: np.ndarray, *, model: str | 
     if extra:
         model_type, model_bytes = _text_field(model)
         provider_type, provider_bytes = _text_field(provider)
-        fields += [("m_len", ">i4"), ("m", model_type), ("p_len", ">i4"), ("p", provider_type),
-                   ("d_len", ">i4"), ("d", ">i4")]
+        fields += [("m_len", ">i4"), ("m", model_type), ("p_len", ">i4"), ("p", provider_type)]
+        if backend is not None:
+            backend_type, backend_bytes = _text_field(backend)
+            fields += [("b_len", ">i4"), ("b", backend_type)]
+        fields += [("d_len", ">i4"), ("d", ">i4")]
     fields += [("vec_len", ">i4"), ("vec_dim", ">i2"), ("unused", ">i2"), ("vec", ">f4", (dim,))]
     rows = np.empty(n, dtype=np.dtype(fields))
-    rows["fields"] = 5 if extra else 2
+    rows["fields"] = (6 if backend is not None else 5) if extra else 2
     rows["id_len"] = 16
     rows["id"] = [uuid.UUID(str(i)).bytes for i in image_ids]
     if extra:
         rows["m_len"], rows["m"] = len(model_bytes), model_bytes
         rows["p_len"], rows["p"] = len(provider_bytes), provider_bytes
+        if backend is not None:
+            rows["b_len"], rows["b"] = len(backend_bytes), backend_bytes
         rows["d_len"], rows["d"] = 4, dim
     rows["vec_len"] = 4 + 4 * dim
     rows["vec_dim"] = dim
@@ -141,10 +164,11 @@ def copy_payload(image_ids: Sequence[str], vectors: np.ndarray, *, model: str | 
 
 
 def write_vectors(
-    conn: psycopg.Connection, model: str, provider: str, image_ids: Sequence[str], vectors: np.ndarray
+    conn: psycopg.Connection, model: str, provider: str, image_ids: Sequence[str], vectors: np.ndarray,
+    backend: str | None = None,
 ) -> int:
     """Upsert vectors for ``image_ids`` with binary COPY (idempotent: a rerun replaces, never
-    duplicates).
+    duplicates); ``backend`` (``onnx-int8``) is recorded on each row.
 
     Fast path: one COPY straight into ``image_embeddings`` (the stage only writes images that
     had no vector). If any row already exists, that COPY is rolled back to its savepoint and
@@ -159,8 +183,10 @@ def write_vectors(
     if len(set(image_ids)) == len(image_ids):
         try:
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy("COPY image_embeddings (image_id, model, provider, dim, embedding) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.write(copy_payload(image_ids, vectors, model=model, provider=provider))
+                columns = "image_id, model, provider, backend, dim, embedding" if backend is not None else \
+                    "image_id, model, provider, dim, embedding"
+                with cur.copy(f"COPY image_embeddings ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(copy_payload(image_ids, vectors, model=model, provider=provider, backend=backend))
                 return len(image_ids)
         except psycopg.errors.UniqueViolation:
             pass  # some already stored: upsert below
@@ -172,11 +198,12 @@ def write_vectors(
         with cur.copy("COPY embedding_stage (image_id, embedding) FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(copy_payload(image_ids, vectors))
         cur.execute(
-            """INSERT INTO image_embeddings (image_id, model, provider, dim, embedding)
-               SELECT DISTINCT ON (image_id) image_id, %s, %s, %s, embedding FROM embedding_stage
+            """INSERT INTO image_embeddings (image_id, model, provider, backend, dim, embedding)
+               SELECT DISTINCT ON (image_id) image_id, %s, %s, %s, %s, embedding FROM embedding_stage
                ON CONFLICT (image_id, model) DO UPDATE SET
-                   embedding = EXCLUDED.embedding, dim = EXCLUDED.dim, provider = EXCLUDED.provider, created_at = now()""",
-            (model, provider, dim),
+                   embedding = EXCLUDED.embedding, dim = EXCLUDED.dim, provider = EXCLUDED.provider,
+                   backend = EXCLUDED.backend, created_at = now()""",
+            (model, provider, backend, dim),
         )
         return cur.rowcount
 

@@ -49,6 +49,31 @@ def is_unchanged(entry: ScanEntry, known: dict[str, Any] | None) -> bool:
     )
 
 
+def known_entries(conn: psycopg.Connection, uris: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Size, change marker and status already recorded for these remote entries (URIs)."""
+    rows = conn.execute(
+        "SELECT local_path, file_size, source_marker, status FROM processing_log WHERE local_path = ANY(%s)",
+        (list(uris),),
+    ).fetchall()
+    return {row["local_path"]: row for row in rows}
+
+
+def record_scanned_entries(
+    conn: psycopg.Connection,
+    shard: str,
+    scanned: Sequence[tuple[ScanEntry, ProbeResult, str | None]],
+    owner: str | None = None,
+) -> None:
+    """``record_scanned`` for remote entries, with each one's change marker in the same
+    transaction (None: retry it next scan, e.g. after a transient download failure)."""
+    with conn.transaction():
+        record_scanned(conn, shard, [(entry, result) for entry, result, _ in scanned], owner)
+        conn.cursor().executemany(
+            "UPDATE processing_log SET source_marker = %s WHERE local_path = %s",
+            [(marker, entry.db_path) for entry, _, marker in scanned],
+        )
+
+
 def record_scanned(
     conn: psycopg.Connection, shard: str, scanned: Iterable[tuple[ScanEntry, ProbeResult]], owner: str | None = None
 ) -> None:
@@ -63,7 +88,7 @@ def record_scanned(
                 image_id, result.content_hash, result.bytes, result.width, result.height,
                 result.format, result.mode, result.frame_count, Jsonb(result.exif),
                 result.captured_at, result.ext, original_key(image_id, result.ext, result.captured_at),
-                entry.owner or owner,
+                entry.owner or owner, result.captured_at_source,
             ))
         log_rows.append((
             entry.db_path, shard, image_id, result.status, result.error_kind,
@@ -74,8 +99,9 @@ def record_scanned(
             if image_rows:
                 cur.executemany(
                     """INSERT INTO images (id, content_hash, bytes, width, height, format, mode,
-                                           frame_count, exif_data, captured_at, original_ext, original_key, owner)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                           frame_count, exif_data, captured_at, original_ext, original_key, owner,
+                                           captured_at_source)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                        ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, updated_at = now()
                        WHERE images.owner IS NULL AND EXCLUDED.owner IS NOT NULL""",
                     image_rows,
@@ -97,6 +123,20 @@ def record_scanned(
                            processed_at = EXCLUDED.processed_at, updated_at = now()""",
                     [row + (row[3], list(NOT_INGESTED_STATUSES)) for row in log_rows],
                 )
+
+
+def record_deleted(conn: psycopg.Connection, paths: Sequence[str], kind: str = "deleted") -> None:
+    """Paths whose file is gone from the source become ``failed`` (``kind``). Their image, its
+    objects and vectors stay (another path may hold the same content); size and mtime are
+    cleared so a file that comes back at the path is probed again."""
+    if paths:
+        conn.execute(
+            """UPDATE processing_log SET status = %s, error_kind = %s,
+                      error_message = 'file no longer in the source (deleted or moved); its image stays in the catalogue',
+                      file_size = NULL, file_mtime_ns = NULL, updated_at = now()
+               WHERE local_path = ANY(%s)""",
+            (ImageStatus.FAILED.value, kind, sorted(paths)),
+        )
 
 
 def pending_images(conn: psycopg.Connection, shard: str, page_size: int = 500) -> Iterator[dict[str, Any]]:
@@ -137,11 +177,11 @@ def record_derived(conn: psycopg.Connection, results: Sequence[DerivedImage]) ->
                     """UPDATE images SET palette = %s, frame_count = GREATEST(frame_count, %s),
                               thumbnail_key = %s, thumbnail_width = %s, thumbnail_height = %s,
                               preview_key = %s, preview_width = %s, preview_height = %s,
-                              derived_at = now(), updated_at = now()
+                              thumbhash = %s, phash = %s, dhash = %s, derived_at = now(), updated_at = now()
                        WHERE id = %s""",
                     [
                         (Jsonb(r.palette), r.frame_count, r.thumbnail_key or thumbnail_key(r.image_id), *r.thumbnail_size,
-                         preview_key(r.image_id), *r.preview_size, r.image_id)
+                         preview_key(r.image_id), *r.preview_size, r.thumbhash, r.phash, r.dhash, r.image_id)
                         for r in ok
                     ],
                 )
@@ -268,6 +308,35 @@ def requeue_for_derivation(conn: psycopg.Connection, image_ids: Sequence[str]) -
     )
 
 
+# --- near-duplicates (SKIP_NEAR_DUPLICATES) --------------------------------------------------------
+
+
+def mark_near_duplicates(conn: psycopg.Connection, notes: Sequence[tuple[str, str]]) -> int:
+    """(image id, message): ``processed`` paths of a near-duplicate of a published image become
+    ``duplicate``: never published nor embedded (a published path is left as it is)."""
+    if not notes:
+        return 0
+    notes = sorted(notes)  # one lock order for every writer (see record_derived)
+    with conn.cursor() as cur:
+        cur.executemany(
+            """UPDATE processing_log SET status = %s, error_kind = 'near-duplicate', error_message = %s,
+                      updated_at = now()
+               WHERE image_id = %s AND status = %s""",
+            [(ImageStatus.DUPLICATE.value, message, image_id, ImageStatus.PROCESSED.value) for image_id, message in notes],
+        )
+        return cur.rowcount
+
+
+def release_near_duplicates(conn: psycopg.Connection, shard: str) -> int:
+    """Skip mode is off: the shard's ``duplicate`` paths go back to ``processed`` to be published."""
+    cur = conn.execute(
+        """UPDATE processing_log SET status = %s, error_kind = NULL, error_message = NULL, updated_at = now()
+           WHERE shard = %s AND status = %s""",
+        (ImageStatus.PROCESSED.value, shard, ImageStatus.DUPLICATE.value),
+    )
+    return cur.rowcount
+
+
 # --- embeddings ----------------------------------------------------------------------------------
 
 
@@ -290,6 +359,20 @@ def record_captions(conn: psycopg.Connection, captions: Sequence[tuple[str, str,
         captions = sorted(captions, key=lambda c: c[2])  # by image id: one lock order for every writer
         conn.cursor().executemany(
             "UPDATE images SET caption = %s, caption_model = %s, updated_at = now() WHERE id = %s", captions
+        )
+
+
+def record_places(
+    conn: psycopg.Connection, places: Sequence[tuple[str, float, float, str | None, str | None, str | None]]
+) -> None:
+    """(image id, latitude, longitude, city, region, country code) from reverse geocoding of the
+    EXIF GPS position (``images/places.py``); no place near: None for the last three."""
+    if places:
+        places = sorted(places, key=lambda p: p[0])  # one lock order for every writer (see record_derived)
+        conn.cursor().executemany(
+            """UPDATE images SET latitude = %s, longitude = %s, place_city = %s, place_region = %s,
+                      place_country = %s, updated_at = now() WHERE id = %s""",
+            [(lat, lon, city, region, country, image_id) for image_id, lat, lon, city, region, country in places],
         )
 
 

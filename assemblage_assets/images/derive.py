@@ -31,8 +31,10 @@ from assemblage_assets.core.imaging import (
     flatten_on_white,
     save_thumbnail,
 )
+from assemblage_assets.core.perceptual import perceptual_hashes
 from assemblage_assets.core.reports import Progress, StageReport
-from assemblage_assets.images import catalog
+from assemblage_assets.core.thumbhash import image_thumbhash
+from assemblage_assets.images import catalog, places, staging
 from assemblage_assets.images.watermark import apply_watermark
 
 PALETTE_COLOURS = 5
@@ -48,6 +50,9 @@ class DerivedImage:
     palette: list[dict[str, float | str]] = field(default_factory=list)
     frame_count: int = 1
     thumbnail_key: str = ""  # the key it wrote (extension of the spec's thumbnail format)
+    thumbhash: str | None = None  # base64 ThumbHash placeholder of the thumbnail (core.thumbhash)
+    phash: int | None = None  # 64-bit perceptual hashes of the upright thumbnail, signed (core.perceptual)
+    dhash: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -72,6 +77,8 @@ def derive_image(source: str, image_id: str, cache_dir: str | Path, spec: Deriva
     try:
         preview = fit(upright, spec.preview_long_edge, spec.preview_long_edge)
         thumbnail = fit(preview, spec.thumbnail_box, spec.thumbnail_box)
+        placeholder = image_thumbhash(thumbnail)
+        hashes = perceptual_hashes(thumbnail)
         # ~100 px is plenty for 5 colours and saves ~7 ms per image over the full thumbnail.
         palette = dominant_colours(thumbnail.reduce(max(1, min(thumbnail.size) // 100)), PALETTE_COLOURS)
         marked = apply_watermark(
@@ -93,6 +100,9 @@ def derive_image(source: str, image_id: str, cache_dir: str | Path, spec: Deriva
         palette=palette,
         frame_count=frames,
         thumbnail_key=thumb_key,
+        thumbhash=placeholder,
+        phash=hashes.phash,
+        dhash=hashes.dhash,
     )
 
 
@@ -153,8 +163,10 @@ def derive_shard(
     workers: int = 0,
     commit_every: int = 32,
     progress: Progress | None = None,
+    staging_dir: Path | None = None,
 ) -> StageReport:
-    """Derive every pending image of the shard; already-derived content is only marked processed."""
+    """Derive every pending image of the shard; already-derived content is only marked processed.
+    Remote entries are read from their staged copy under ``staging_dir``."""
     report = StageReport()
     started = time.perf_counter()
     workers = workers or os.cpu_count() or 1
@@ -170,8 +182,12 @@ def derive_shard(
             if cached:
                 reuse.append(row["image_id"])
                 continue
+            source = staging.local_file(row["local_path"], staging_dir)  # a remote entry: its staged copy
+            if source != Path(row["local_path"]) and not source.exists():
+                report.counts["awaiting_download"] += 1  # stays pending: the next raw_files fetches it again
+                continue
             paths[row["image_id"]] = row["local_path"]
-            yield row["image_id"], row["local_path"]
+            yield row["image_id"], str(source)
 
     batch: list[DerivedImage] = []
     for result in derive_all(jobs(), cache_dir, spec, workers):
@@ -194,6 +210,8 @@ def derive_shard(
     if reuse:
         catalog.mark_processed(conn, reuse)
     report.counts["reused"] = len(reuse)
+    located = places.locate_shard(conn, shard_key)  # GPS -> place; loads the geocoder only if needed
+    report.counts.update(geocoded=located.located, placed=located.placed)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from PIL import ExifTags, Image
 
+from assemblage_assets.images.xmp import xmp_dates
+
 __all__ = ["ExifSummary", "extract_exif"]
 
 B = ExifTags.Base
@@ -35,6 +37,7 @@ class ExifSummary:
     orientation: int | None  # 1..8 when valid, else None
     captured_at: datetime | None  # tz-aware when an OffsetTime* tag is present
     error: str | None  # short reason when EXIF was present but (partly) unreadable
+    captured_at_source: str | None = None  # the tag captured_at came from (see _capture_time)
 
 
 def _text(v: Any) -> str | None:
@@ -211,24 +214,14 @@ def extract_exif(img: Image.Image) -> ExifSummary:
             continue
         if value is not None:
             data[key] = value
+    # pillow-heif turns HEIF pixels upright on decode and resets the tag to 1: report the file's.
+    original = img.info.get("original_orientation")
+    if isinstance(original, int) and not isinstance(original, bool) and 1 <= original <= 8:
+        data["orientation"] = original
     if "exposure_time" in data:
         data["exposure_time_text"] = _exposure_text(data["exposure_time"])
 
-    # captured_at prefers DateTimeOriginal, then Digitized, then the file's DateTime.
-    captured_at: datetime | None = None
-    for key, src, tag, off_tag in (
-        ("datetime_original", exif_ifd, B.DateTimeOriginal, B.OffsetTimeOriginal),
-        ("datetime_digitized", exif_ifd, B.DateTimeDigitized, B.OffsetTimeDigitized),
-        ("datetime", ifd0, B.DateTime, B.OffsetTime),
-    ):
-        try:
-            dt = _datetime(src.get(tag), exif_ifd.get(off_tag))
-        except Exception as e:
-            errors.append(f"{key}: {type(e).__name__}")
-            continue
-        if dt is not None:
-            data[key] = dt.isoformat()
-            captured_at = captured_at or dt
+    captured_at, captured_at_source = _capture_time(img, data, ifd0, exif_ifd, errors)
 
     try:
         gps = _gps(gps_ifd)
@@ -240,4 +233,45 @@ def extract_exif(img: Image.Image) -> ExifSummary:
 
     # Dedupe and keep it short; error text may end up in a Postgres text column too.
     error = "; ".join(dict.fromkeys(errors)).replace("\x00", "")[:300] or None
-    return ExifSummary(data, data.get("orientation"), captured_at, error)
+    return ExifSummary(data, data.get("orientation"), captured_at, error, captured_at_source)
+
+
+def _capture_time(
+    img: Image.Image, data: dict[str, Any], ifd0: Mapping[int, Any], exif_ifd: Mapping[int, Any], errors: list[str]
+) -> tuple[datetime | None, str | None]:
+    """The capture time and the tag it came from: EXIF DateTimeOriginal (+ OffsetTimeOriginal),
+    then DateTimeDigitized, then XMP photoshop:DateCreated / xmp:CreateDate, and only then IFD0
+    DateTime, which editors rewrite on every save. Every valid date is kept in ``data``."""
+    candidates: list[tuple[str, datetime]] = []
+    for key, source, src, tag, off_tag in (
+        ("datetime_original", "DateTimeOriginal", exif_ifd, B.DateTimeOriginal, B.OffsetTimeOriginal),
+        ("datetime_digitized", "DateTimeDigitized", exif_ifd, B.DateTimeDigitized, B.OffsetTimeDigitized),
+    ):
+        try:
+            dt = _datetime(src.get(tag), exif_ifd.get(off_tag))
+        except Exception as e:
+            errors.append(f"{key}: {type(e).__name__}")
+            continue
+        if dt is not None:
+            data[key] = dt.isoformat()
+            candidates.append((source, dt))
+    try:
+        xmp = xmp_dates(img)
+    except Exception as e:  # noqa: BLE001 - a packet nobody anticipated must not cost the EXIF
+        errors.append(f"xmp: {type(e).__name__}")
+        xmp = []
+    for source, dt in xmp:
+        data[f"xmp_{source.split(':')[1].lower()}"] = dt.isoformat()
+        candidates.append((source, dt))
+    try:
+        dt = _datetime(ifd0.get(B.DateTime), exif_ifd.get(B.OffsetTime))
+    except Exception as e:
+        errors.append(f"datetime: {type(e).__name__}")
+        dt = None
+    if dt is not None:
+        data["datetime"] = dt.isoformat()
+        candidates.append(("DateTime", dt))
+    if not candidates:
+        return None, None
+    source, dt = candidates[0]
+    return dt, source

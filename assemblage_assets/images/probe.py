@@ -10,6 +10,7 @@ import hashlib
 import os
 import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,12 +18,14 @@ from typing import Any
 from PIL import Image
 
 from assemblage_assets.core.imaging import (
-    APPROVED_EXTENSIONS,
     APPROVED_FORMATS,
     frame_count,
     image_id_for,
+    missing_decoder,
+    prepare_decoder,
     sniff_format,
 )
+from assemblage_assets.core.settings import image_extensions
 from assemblage_assets.images.exif import extract_exif
 
 
@@ -42,20 +45,23 @@ class ProbeResult:
     ext: str | None = None
     exif: dict[str, Any] = field(default_factory=dict)
     captured_at: datetime | None = None
+    captured_at_source: str | None = None  # the tag captured_at came from (exif._capture_time)
 
     @classmethod
     def failed(cls, kind: str, message: str, **known: Any) -> ProbeResult:
         return cls(status="failed", error_kind=kind, error_message=message, **known)
 
 
-def probe_file(path: str, size: int, max_pixels: int) -> ProbeResult:
-    """Check that ``path`` is an approved, sane image and describe it. Never raises."""
+def probe_file(path: str, size: int, max_pixels: int, extensions: Sequence[str] | None = None) -> ProbeResult:
+    """Check that ``path`` is an approved, sane image and describe it. Never raises.
+    ``extensions``: the approved ones (default: ``IMAGE_EXTENSIONS``)."""
     ext = os.path.splitext(path)[1].lower()
-    if ext not in APPROVED_EXTENSIONS:
+    approved = image_extensions() if extensions is None else extensions
+    if ext not in approved:
         return ProbeResult(
             status="rejected",
             error_kind="extension",
-            error_message=f"extension {ext or '(none)'!r} is not one of {' '.join(APPROVED_EXTENSIONS)}",
+            error_message=f"extension {ext or '(none)'!r} is not one of {' '.join(approved)}",
             bytes=size,
         )
     try:
@@ -80,7 +86,10 @@ def probe_file(path: str, size: int, max_pixels: int) -> ProbeResult:
         return ProbeResult.failed("not-an-image", f"content is not a recognised image (starts with {head[:8]!r})", **known)
     if detected not in APPROVED_FORMATS:
         return ProbeResult.failed("unsupported-format", f"content is {detected}, which is not an approved format", **known)
+    if (missing := missing_decoder(detected)) is not None:
+        return ProbeResult.failed("unsupported-format", f"content is {detected}, but {missing}", **known)
     pillow_formats, original_ext = APPROVED_FORMATS[detected]
+    prepare_decoder(detected)
 
     try:
         with warnings.catch_warnings():
@@ -124,5 +133,6 @@ def probe_file(path: str, size: int, max_pixels: int) -> ProbeResult:
         exif=exif_data,
         # Camera wall-clock time: the column has no zone, so keep the local time as shot.
         captured_at=exif.captured_at.replace(tzinfo=None) if exif.captured_at else None,
+        captured_at_source=exif.captured_at_source,
     )
 

@@ -11,7 +11,7 @@ finds the objects that made it and uploads only the rest.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ import psycopg
 
 from assemblage_assets.constants import DERIVED_STATUSES, ImageStatus, preview_key, thumbnail_key
 from assemblage_assets.core.reports import Progress, StageReport
-from assemblage_assets.images import catalog
+from assemblage_assets.images import catalog, staging, verification
 from resources.object_store import (
     DERIVATIVE_CACHE_CONTROL,
     ORIGINAL_CACHE_CONTROL,
@@ -36,6 +36,7 @@ from resources.object_store import (
 )
 
 RATE_KEY = "objects_uploaded"
+CopyFrom = Callable[[str], str | None]  # a processing_log path -> its s3:// URI when a server-side copy applies
 
 
 @dataclass
@@ -52,9 +53,12 @@ class ImageObjects:
 
 
 def shard_images(
-    conn: psycopg.Connection, shard: str, store: ObjectStore, cache_dir: Path, *, only_processed: bool
+    conn: psycopg.Connection, shard: str, store: ObjectStore, cache_dir: Path, *, only_processed: bool,
+    staging_dir: Path | None = None, copy_from: CopyFrom | None = None,
 ) -> list[ImageObjects]:
     """Every image of the shard that should be in the store, with its expected objects.
+    A remote path's bytes are its staged copy (``staging_dir``); an original that ``copy_from``
+    maps to a bucket object on the store's endpoint is stored by a server-side copy.
 
     Without an existence check (``SKIP_R2_HEAD``) only images still to publish are returned;
     otherwise published ones too, so objects deleted from the bucket are put back.
@@ -87,7 +91,8 @@ def shard_images(
         item.objects.append(ObjectSpec(
             key=store.key(row["original_key"]),
             visibility="private",
-            sources=tuple(Path(p) for p in row["paths"]),
+            sources=tuple(staging.local_file(p, staging_dir) for p in row["paths"]),
+            copy_source=next((c for c in map(copy_from, row["paths"]) if c), None) if copy_from else None,
             content_type=content_type_for(row["original_key"]),
             cache_control=ORIGINAL_CACHE_CONTROL,
             sha256=row["content_hash"],
@@ -205,10 +210,17 @@ def publish_shard(
     commit_every: int = 64,
     progress: Progress | None = None,
     indexed_model: str | None = None,
+    skip_settled: bool = False,
+    staging_dir: Path | None = None,
+    copy_from: CopyFrom | None = None,
 ) -> StageReport:
     """Publish every image of the shard; see the module docstring. Paths of images that already
     have a vector for ``indexed_model`` (the active model) go on to ``indexed``: an image embedded
     before it was published must not stay ``uploaded``.
+
+    With ``skip_settled`` a shard with nothing to publish whose objects were all verified in this
+    store since its last upload (``images.verification``) is not checked again (count
+    ``settled``); a complete check is recorded for the next run either way.
 
     Counts: ``images``, ``images_published`` (newly uploaded or moved to this store),
     ``images_failed``, ``images_requeued``, ``images_deferred`` (transient errors outlasted the
@@ -217,7 +229,14 @@ def publish_shard(
     """
     report = StageReport()
     started = time.perf_counter()
-    images = shard_images(conn, shard, store, cache_dir, only_processed=store.existence_check == "none")
+    if skip_settled and store.existence_check != "none":
+        state = verification.settlement(conn, shard, store)
+        if state.settled:
+            report.counts.update(images=state.images, settled=1)
+            report.seconds = time.perf_counter() - started
+            return report
+    images = shard_images(conn, shard, store, cache_dir, only_processed=store.existence_check == "none",
+                          staging_dir=staging_dir, copy_from=copy_from)
     report.counts["images"] = len(images)
     if not images:
         if indexed_model:
@@ -265,6 +284,8 @@ def publish_shard(
         report.seconds = time.perf_counter() - started
     if indexed_model:
         report.counts["indexed_paths"] += catalog.mark_indexed(conn, shard, indexed_model)
+    if store.existence_check != "none" and not report.counts["images_deferred"]:
+        verification.record_verified(conn, shard, store, len(images))
     return report
 
 

@@ -18,7 +18,7 @@ import psycopg
 
 from assemblage_assets.core.batching import batched
 from assemblage_assets.core.reports import Progress, StageReport
-from assemblage_assets.images import catalog
+from assemblage_assets.images import catalog, rescan
 from assemblage_assets.images.probe import ProbeResult, probe_file
 from assemblage_assets.images.shards import Shard
 
@@ -54,6 +54,13 @@ def iter_shard_files(shard: Shard) -> Iterator[ScanEntry]:
     Directory symlinks are followed once; a link back into a directory already visited is
     reported as a symlink loop instead of being walked forever.
     """
+    for item in iter_shard_stats(shard):
+        yield ScanEntry(*item) if type(item) is tuple else item
+
+
+def iter_shard_stats(shard: Shard) -> Iterator[ScanEntry | tuple[str, int, int]]:
+    """``iter_shard_files`` with each regular file as a bare (path, size, mtime_ns) tuple: the
+    rescan's fast path (an object per file costs as much as the stat)."""
     root = str(shard.path)
     try:
         visited = {_dir_identity(root)}
@@ -85,7 +92,7 @@ def iter_shard_files(shard: Shard) -> Iterator[ScanEntry]:
                     visited.add(identity)
                     stack.append(entry.path)
                 elif stat.S_ISREG(st.st_mode):
-                    yield ScanEntry(entry.path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+                    yield entry.path, st.st_size, st.st_mtime_ns
                 else:
                     yield ScanEntry(entry.path, error_kind="not-a-file", error_message="not a regular file (device, socket or pipe)")
 
@@ -118,16 +125,13 @@ def scan_shard(
     """
     report = StageReport()
     started = time.perf_counter()
-    for batch in batched(iter_shard_files(shard), batch_size):
-        known = catalog.known_files(conn, [e.db_path for e in batch])
-        todo = []
-        for entry in batch:
-            report.counts["seen"] += 1
-            if catalog.is_unchanged(entry, known.get(entry.db_path)):
-                report.counts["unchanged"] += 1
-            else:
-                report.counts["changed" if entry.db_path in known else "new"] += 1
-                todo.append(entry)
+    # The walk goes to the database in one COPY; only new, changed and deleted paths come back.
+    comparison = rescan.Comparison()
+    differing = rescan.compare_shard(
+        conn, shard.key, lambda: iter_shard_stats(shard), comparison, lambda gone: catalog.record_deleted(conn, gone), progress
+    )
+    for batch in batched(differing, batch_size):
+        todo = [ScanEntry(**fields) for fields in batch]
         results = [_probe(e, max_pixels) for e in todo]
         catalog.record_scanned(conn, shard.key, zip(todo, results, strict=True), owner)
         for entry, result in zip(todo, results, strict=True):
@@ -135,7 +139,11 @@ def scan_shard(
             report.bytes += result.bytes
             if result.status != "pending":
                 report.add_failure(entry.db_path, result.error_kind, result.error_message)
-        if progress and report.counts["seen"] % (batch_size * 20) < batch_size:
-            progress(f"scanned {report.counts['seen']:,} files of shard {shard.key}")
+        probed = comparison.new + comparison.changed
+        if progress and probed % (batch_size * 20) < batch_size:
+            progress(f"probed {probed:,} new or changed of {comparison.seen:,} files of shard {shard.key}")
+    rescan.record_scan(conn, shard.key, comparison)
+    report.counts.update(seen=comparison.seen, new=comparison.new, changed=comparison.changed,
+                         unchanged=comparison.unchanged, deleted=comparison.deleted)
     report.seconds = time.perf_counter() - started
     return report

@@ -1,8 +1,8 @@
-"""``distributed_shard_job``: the four shard stages run step by step on Celery workers.
+"""``distributed_shard_job``: the five shard stages run step by step on Celery workers.
 
 The celery executor (dagster-celery, Redis as broker and result backend) puts each step on the
 queue named by its ``dagster-celery/queue`` op tag (see ``celery_queues.py``): ``embeddings`` on the
-GPU queue, ``raw_files``/``derivatives``/``r2_objects`` on the CPU queue. Workers import
+GPU queue, ``raw_files``/``derivatives``/``duplicates``/``r2_objects`` on the CPU queue. Workers import
 ``assemblage_assets.platform.celery_app`` and execute a step against the shared Dagster instance, the
 shared Postgres and the shared object store; see docs/distributed.md.
 """
@@ -20,7 +20,7 @@ from assemblage_assets.platform.celery_queues import cpu_queue
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 JOB_NAME = DISTRIBUTED_SHARD_JOB
-SHARD_STAGES = ("raw_files", "derivatives", "r2_objects", "embeddings")
+SHARD_STAGES = ("raw_files", "derivatives", "duplicates", "r2_objects", "embeddings")
 
 
 def broker_url() -> str:

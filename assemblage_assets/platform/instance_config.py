@@ -27,6 +27,10 @@ DEFAULT_EMBED_RUNS = 1  # one model in memory at a time
 DEFAULT_POOL_LIMIT = 4
 DEFAULT_GPU_CONCURRENCY = 1
 DEFAULT_PAID_CONCURRENCY = 2
+DEFAULT_START_TIMEOUT_SECONDS = 180  # Dagster's default: a run worker that never came up
+DEFAULT_MAX_RUNTIME_SECONDS = 12 * 3600  # a shard run that long is stuck (0: no limit)
+DEFAULT_MONITORING_INTERVAL = 30  # seconds between the daemon's checks (Dagster's default: 120)
+DEFAULT_FREE_SLOTS_SECONDS = 300
 
 
 def storage_env_var() -> str:
@@ -51,6 +55,21 @@ def pool_limits() -> dict[str, int]:
     return {provider.pool: paid if provider.paid else local for provider in PROVIDERS.values()}
 
 
+def run_monitoring() -> dict[str, Any]:
+    """The daemon's run monitoring. Runs are not resumed (``DefaultRunLauncher`` cannot): a dead
+    worker's run is marked failed and the shard's next run (sensor, schedule, CLI) redoes it."""
+    return {
+        "enabled": settings.env_str("DAGSTER_RUN_MONITORING", "1").lower() not in ("0", "false", "no", "off"),
+        "start_timeout_seconds": settings.env_int("DAGSTER_RUN_START_TIMEOUT_SECONDS", DEFAULT_START_TIMEOUT_SECONDS),
+        "cancel_timeout_seconds": settings.env_int("DAGSTER_RUN_CANCEL_TIMEOUT_SECONDS", DEFAULT_START_TIMEOUT_SECONDS),
+        "max_runtime_seconds": settings.env_int("DAGSTER_MAX_RUNTIME_SECONDS", DEFAULT_MAX_RUNTIME_SECONDS),
+        "max_resume_run_attempts": 0,
+        "poll_interval_seconds": settings.env_int("DAGSTER_RUN_MONITORING_INTERVAL_SECONDS", DEFAULT_MONITORING_INTERVAL),
+        # pool slots a run still holds after it ended (a killed run) are freed after this long
+        "free_slots_after_run_end_seconds": DEFAULT_FREE_SLOTS_SECONDS,
+    }
+
+
 def render_config() -> dict[str, Any]:
     """The instance config as a dict (secrets only as ``{env: NAME}`` references)."""
     config: dict[str, Any] = {}
@@ -64,6 +83,11 @@ def render_config() -> dict[str, Any]:
             }
         }
     config["run_coordinator"] = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
+    # Run monitoring (issue 14, item 5): the daemon fails runs whose worker died (the launcher's
+    # health check, platform/run_launcher.py), stuck STARTING or CANCELING, or past the maximum
+    # runtime, so a killed run neither stays STARTED nor holds a queue or pool slot.
+    config["run_launcher"] = {"module": "assemblage_assets.platform.run_launcher", "class": "AssemblageRunLauncher"}
+    config["run_monitoring"] = run_monitoring()
     config["concurrency"] = {
         "runs": {
             "max_concurrent_runs": settings.env_int("DAGSTER_MAX_CONCURRENT_RUNS", DEFAULT_MAX_CONCURRENT_RUNS),

@@ -5,7 +5,9 @@ configured subclass with ``from_env()``. One module per provider:
 
 - ``local_clip`` (default, ``local_clip.py``): sentence-transformers CLIP by name or local path
   (``CLIP_MODEL``, default ``clip-ViT-L-14``, 768-d), CUDA when present, batched, normalized;
-  also embeds text (search, zero-shot tags). The model code is in ``clip_encoder.py``.
+  also embeds text (search, zero-shot tags). The model code is in ``clip_encoder.py``; how it
+  runs (``CLIP_BACKEND``/``CLIP_PRECISION``: torch fp32/bf16/fp16, ONNX fp32/int8, ``auto``)
+  in ``clip_backends.py``, ``clip_export.py`` (ONNX builds) and ``clip_auto.py``.
 - ``replicate`` (``replicate.py``): the official client, ``krthr/clip-embeddings`` by default.
 - ``openai`` (``openai.py``): a vision model's caption and tags, embedded as text.
 

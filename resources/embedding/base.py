@@ -54,6 +54,17 @@ class EmbeddingResource(dg.ConfigurableResource):
         """Where the model comes from, recorded in ``embedding_models``."""
         return self.model_id
 
+    @property
+    def vector_backend(self) -> str | None:
+        """How this provider computes vectors on this machine (``onnx-int8``), recorded on each
+        row; None for remote providers."""
+        return None
+
+    @property
+    def backend_detail(self) -> dict[str, Any]:
+        """Why that backend (the measurement behind ``auto``), recorded with the model."""
+        return {}
+
     def describe(self) -> str:
         return f"{self.provider_name} {self.model_id}"
 

@@ -42,6 +42,7 @@ HUB_ORGANIZATION = "sentence-transformers"
 _quiet_lock = threading.Lock()
 _cache_lock = threading.Lock()
 _MODELS: dict[tuple[str, str], Any] = {}
+_RUNNERS: dict[tuple[str, str, str, str], tuple[Any, dict[str, Any]]] = {}
 
 
 def clip_model_id(source: str) -> str:
@@ -198,30 +199,50 @@ class _Prepared:
 class ClipEncoder:
     """A loaded CLIP plus the batched, pipelined image path and the text path."""
 
-    def __init__(self, model: Any, *, batch_size: int = 32, decode_workers: int = 0) -> None:
+    def __init__(self, model: Any, *, batch_size: int = 32, decode_workers: int = 0, runner: Any = None,
+                 backend_detail: dict[str, Any] | None = None) -> None:
+        from resources.embedding.clip_backends import TorchRunner
+
         self.model = model
         self.batch_size = max(1, batch_size)
-        self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
+        # On a GPU, decoding is what the device would wait on: every core decodes.
+        cuda = str(getattr(model, "device", "cpu")).startswith("cuda")
+        cores = os.cpu_count() or 1
+        self.decode_workers = decode_workers or (cores if cuda else min(4, cores))
         self.min_side = input_size(model)
         dim = model.get_embedding_dimension()
         if not dim:
             raise ProviderConfigError("the CLIP model does not report its embedding dimension")
         self.dim = int(dim)
+        self.runner = runner if runner is not None else TorchRunner(model)
+        self.backend_detail = backend_detail or {"choice": self.runner.backend.label}
 
     @classmethod
-    def load(cls, source: str, *, device: str | None = None, batch_size: int = 32, decode_workers: int = 0) -> ClipEncoder:
+    def load(cls, source: str, *, device: str | None = None, batch_size: int = 32, decode_workers: int = 0,
+             backend: str = "torch", precision: str = "fp32") -> ClipEncoder:
         """Load once per process: the CLI runs one in-process Dagster run per shard, and each
-        would otherwise load the same weights again."""
+        would otherwise load the same weights again (or measure the backends again)."""
+        from resources.embedding.clip_auto import choose
+
         key = (str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source, device or "")
         with _cache_lock:
             model = _MODELS.get(key)
             if model is None:
                 model = _MODELS[key] = load_clip(source, device)
-        return cls(model, batch_size=batch_size, decode_workers=decode_workers)
+            runner_key = (*key, backend, precision)
+            if runner_key not in _RUNNERS:
+                _RUNNERS[runner_key] = choose(model, key[0], str(model.device), backend, precision, input_size(model))
+            runner, detail = _RUNNERS[runner_key]
+        return cls(model, batch_size=batch_size, decode_workers=decode_workers, runner=runner, backend_detail=detail)
 
     @property
     def device(self) -> str:
         return str(self.model.device)
+
+    @property
+    def backend_label(self) -> str:
+        """``torch-fp32``, ``onnx-int8``, ...: recorded on every vector row this encoder writes."""
+        return self.runner.backend.label
 
     # ---------------------------------------------------------------- model steps
 
@@ -229,14 +250,8 @@ class ClipEncoder:
         return self.model.preprocess(list(images))
 
     def forward(self, features: dict[str, Any]) -> np.ndarray:
-        """Normalized float32 vectors for preprocessed features (what ``encode`` computes)."""
-        import torch
-        from sentence_transformers.util import batch_to_device
-
-        with torch.inference_mode():
-            out = self.model(batch_to_device(features, self.model.device))["sentence_embedding"]
-            out = torch.nn.functional.normalize(out.float(), p=2, dim=1)
-        return out.cpu().numpy().astype(np.float32, copy=False)
+        """Normalized float32 vectors for preprocessed features, through the chosen backend."""
+        return self.runner(features)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         vectors = [self.forward(self.preprocess(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]

@@ -28,7 +28,11 @@ class LocalClipEmbedding(EmbeddingResource):
 
     clip_model: str = DEFAULT_CLIP_MODEL  # CLIP_MODEL
     device: str = ""  # CLIP_DEVICE; empty: CUDA when present, else CPU
-    decode_workers: int = 0  # threads decoding images ahead of the model; 0: min(4, cores)
+    decode_workers: int = 0  # threads decoding images ahead of the model; 0: min(4, cores), all on CUDA
+    # CLIP_BACKEND / CLIP_PRECISION (clip_backends.py); from the environment both default to auto.
+    # Built directly, today's torch fp32 (tests, search of a recorded model pass what they need).
+    clip_backend: str = "torch"
+    clip_precision: str = "fp32"
 
     provider_name: ClassVar[str] = "local_clip"
     pool: ClassVar[str] = "gpu"
@@ -40,6 +44,8 @@ class LocalClipEmbedding(EmbeddingResource):
         return cls(
             clip_model=settings.env_str("CLIP_MODEL", DEFAULT_CLIP_MODEL),
             device=settings.env_str("CLIP_DEVICE"),
+            clip_backend=settings.env_str("CLIP_BACKEND", "auto") or "auto",
+            clip_precision=settings.env_str("CLIP_PRECISION", "auto") or "auto",
             max_calls_per_min=settings.env_int("MAX_EMBEDDING_CALLS_PER_MIN", 0),
             **common,
         )
@@ -50,7 +56,8 @@ class LocalClipEmbedding(EmbeddingResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         encoder = self.load()
         if context.log:
-            context.log.info(f"loaded CLIP {self.clip_model} ({encoder.dim}-d) on {encoder.device}")
+            context.log.info(f"loaded CLIP {self.clip_model} ({encoder.dim}-d) on {encoder.device}, "
+                             f"backend {encoder.backend_label} ({self.clip_backend}/{self.clip_precision} requested)")
             if is_random_checkpoint(self.clip_model):
                 context.log.warning(TINY_MODEL_WARNING)
 
@@ -59,13 +66,24 @@ class LocalClipEmbedding(EmbeddingResource):
             if self._encoder is None:
                 self._encoder = ClipEncoder.load(
                     self.clip_model, device=self.device or None, batch_size=self.batch_size,
-                    decode_workers=self.decode_workers,
+                    decode_workers=self.decode_workers, backend=self.clip_backend, precision=self.clip_precision,
                 )
             return self._encoder
 
     @property
     def model_id(self) -> str:
         return clip_model_id(self.clip_model)
+
+    @property
+    def vector_backend(self) -> str | None:
+        return self.load().backend_label
+
+    @property
+    def backend_detail(self) -> dict[str, Any]:
+        return self.load().backend_detail
+
+    def describe(self) -> str:
+        return f"{self.provider_name} {self.model_id} ({self.vector_backend})"
 
     @property
     def source(self) -> str:

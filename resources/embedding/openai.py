@@ -4,44 +4,33 @@ text-embedding model. The caption is stored too."""
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from assemblage_assets.core import settings
-from assemblage_assets.core.tags import normalize_tags
-from resources.embedding.paid import (
-    DEFAULT_TIMEOUT_SECONDS,
-    PaidEmbedding,
-    clean_jpeg_data_url,
-    env_has,
-    retry_after_seconds,
-    status_error,
-)
+from resources.embedding import openai_vision
+from resources.embedding.call_retry import backoff
+from resources.embedding.openai_vision import CAPTION_INSTRUCTIONS, DEFAULT_OPENAI_VISION_MODEL
+from resources.embedding.paid import DEFAULT_TIMEOUT_SECONDS, PaidEmbedding, clean_jpeg_data_url
 from resources.embedding.types import (
     BadOutputError,
     EmbeddingError,
     EmbedItem,
     EmbedOutcome,
     ProviderConfigError,
-    RateLimitedError,
     TransientProviderError,
     Usage,
     parse_embedding,
 )
 
-DEFAULT_OPENAI_VISION_MODEL = "gpt-5.4-mini"
+__all__ = ["CAPTION_INSTRUCTIONS", "DEFAULT_OPENAI_VISION_MODEL", "OpenAIEmbedding"]
 DEFAULT_OPENAI_EMBEDDING_MODEL = "text-embedding-3-small"
+# Failed tries that may still have been billed (the request was sent, no answer was seen).
+AMBIGUOUS_KINDS = frozenset({"timeout", "network", "bad-response"})
 OPENAI_EMBEDDING_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
-
-
-CAPTION_INSTRUCTIONS = (
-    "Describe the photo for a search index. Answer with JSON only: "
-    '{"caption": "<one factual sentence: main subjects, setting, colours, visible text>", '
-    '"tags": ["<up to 10 short lowercase nouns or noun phrases>"]}'
-)
 
 
 class OpenAIEmbedding(PaidEmbedding):
@@ -85,7 +74,7 @@ class OpenAIEmbedding(PaidEmbedding):
 
     @property
     def caption_model(self) -> str:
-        return f"openai:{self.vision_model}"
+        return openai_vision.caption_model_id(self.vision_model)
 
     @property
     def dim(self) -> int:
@@ -106,82 +95,56 @@ class OpenAIEmbedding(PaidEmbedding):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                import openai
-
-                if not self.api_key and not env_has("OPENAI_API_KEY"):
-                    raise ProviderConfigError("OPENAI_API_KEY is not set")
-                self._client = openai.OpenAI(
-                    api_key=self.api_key or None,
-                    base_url=self.base_url or None,
-                    timeout=self.timeout_seconds,
-                    max_retries=0,  # retries are the stage's: rate limit, Retry-After, the queue
-                )
+                self._client = openai_vision.make_client(self.api_key, self.base_url, self.timeout_seconds)
             return self._client
 
-    def _call(self, fn: Any, **kwargs: Any) -> Any:
-        import openai
+    def _call(self, fn: Any, *, item: EmbedItem | None = None, request: str = "", **kwargs: Any) -> Any:
+        """One billable request, journaled (intent before it is sent) when ``item`` carries the
+        stage's journal, and tried again a few times on a 5xx, a reset or an unreadable reply.
+        A failed try whose request may have been billed (no answer seen: timeout, reset,
+        unreadable reply) is logged as a billed, lost call before the next try."""
+        journal = item.journal if item is not None else None
+        attempt = 1
+        while True:
+            intent = journal.intend(item.image_id, request) if journal is not None and item is not None else None
+            try:
+                # the intent stays open until the stage settles it with the cost row
+                return openai_vision.call(fn, self.timeout_seconds, **kwargs)
+            except TransientProviderError as exc:
+                ambiguous = exc.kind in AMBIGUOUS_KINDS
+                if intent is not None:
+                    if ambiguous:
+                        journal.lost(intent, self._lost_usage(), item.image_id)  # type: ignore[union-attr]
+                    else:
+                        journal.unbilled(intent)  # type: ignore[union-attr]
+                if attempt >= self.call_attempts or (ambiguous and journal is None):
+                    raise
+                time.sleep(backoff(attempt, self.retry_base_seconds))
+                attempt += 1
+            except EmbeddingError:
+                if intent is not None:
+                    journal.unbilled(intent)  # type: ignore[union-attr]
+                raise
 
-        try:
-            return fn(**kwargs)
-        except openai.RateLimitError as exc:
-            raise RateLimitedError(f"openai rate limit (HTTP 429): {exc.message}", retry_after_seconds(exc.response.headers)) from None
-        except openai.NotFoundError as exc:
-            raise ProviderConfigError(f"openai: model not found ({kwargs.get('model')}): {exc.message}") from None
-        except openai.APIStatusError as exc:
-            raise status_error("openai", exc.status_code, exc.message) from None
-        except openai.APITimeoutError:
-            raise TransientProviderError(f"openai call timed out after {self.timeout_seconds:g}s", kind="timeout") from None
-        except openai.APIConnectionError as exc:
-            raise TransientProviderError(f"openai unreachable: {exc}", kind="network") from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise BadOutputError(f"openai answered something unreadable: {exc}", kind="malformed-output") from None
+    def _lost_usage(self) -> Usage:
+        return Usage(units=1, unit="call", cost_usd=self.estimate_cost_per_image())
 
     def _caption(self, item: EmbedItem) -> tuple[str, list[tuple[str, float]], Usage]:
         # The published thumbnail (clean), else a clean 512 px JPEG (low detail is 512x512): the
         # watermarked preview's tiled text would end up in the caption.
         url = self.public_image_url(item) or clean_jpeg_data_url(item)
-        response = self._call(
-            self.client().chat.completions.create,
-            model=self.vision_model,
-            messages=[{
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": CAPTION_INSTRUCTIONS},
-                    {"type": "image_url", "image_url": {"url": url, "detail": self.image_detail}},
-                ],
-            }],
-            response_format={"type": "json_object"},
-            max_completion_tokens=400,
+        return openai_vision.describe(
+            self.client(), url, vision_model=self.vision_model, detail=self.image_detail,
+            timeout_seconds=self.timeout_seconds, price_input_per_mtok=self.price_input_per_mtok,
+            price_output_per_mtok=self.price_output_per_mtok,
+            send=lambda fn, _timeout, **kw: self._call(fn, item=item, request="caption", **kw),
         )
-        usage = self._chat_usage(response)
-        try:
-            text = (response.choices[0].message.content or "").strip()
-        except (AttributeError, IndexError, TypeError):
-            raise BadOutputError("openai returned no caption", kind="empty-output", usage=usage) from None
-        caption, tags = text, []
-        try:
-            data = json.loads(text)
-            if isinstance(data, dict):
-                caption = str(data.get("caption") or "").strip()
-                tags = [(str(t), 1.0) for t in data.get("tags") or [] if isinstance(t, str | int | float)]
-        except json.JSONDecodeError:
-            pass  # plain text answer: the whole text is the caption
-        if not caption:
-            raise BadOutputError("openai returned an empty caption", kind="empty-output", usage=usage)
-        return caption, normalize_tags(tags), usage
 
-    def _chat_usage(self, response: Any) -> Usage:
-        usage = getattr(response, "usage", None)
-        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion = int(getattr(usage, "completion_tokens", 0) or 0)
-        cost = (prompt * self.price_input_per_mtok + completion * self.price_output_per_mtok) / 1e6
-        return Usage(units=prompt + completion, unit="tokens", input_tokens=prompt, output_tokens=completion, cost_usd=cost)
-
-    def _embed_texts(self, texts: list[str]) -> tuple[np.ndarray, Usage]:
+    def _embed_texts(self, texts: list[str], item: EmbedItem | None = None) -> tuple[np.ndarray, Usage]:
         kwargs: dict[str, Any] = {"model": self.embedding_model, "input": texts}
         if self.dimensions:
             kwargs["dimensions"] = self.dimensions
-        response = self._call(self.client().embeddings.create, **kwargs)
+        response = self._call(self.client().embeddings.create, item=item, request="embedding", **kwargs)
         tokens = int(getattr(getattr(response, "usage", None), "prompt_tokens", 0) or 0)
         usage = Usage(units=tokens, unit="tokens", input_tokens=tokens, output_tokens=0,
                       cost_usd=tokens * self.price_embedding_per_mtok / 1e6)
@@ -209,7 +172,7 @@ class OpenAIEmbedding(PaidEmbedding):
         tags = sorted({t for t, _ in new_tags} | set(item.tags))
         document = caption + (f"\nTags: {', '.join(tags)}" if tags else "")
         try:
-            vectors, embed_usage = self._embed_texts([document])
+            vectors, embed_usage = self._embed_texts([document], item)
         except EmbeddingError as exc:
             # The caption was paid for: hand it back so it is stored and not bought again.
             exc.usage = usage + exc.usage if usage and exc.usage else (usage or exc.usage)

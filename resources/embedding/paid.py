@@ -19,6 +19,7 @@ from pydantic import PrivateAttr
 
 from assemblage_assets.core import settings
 from resources.embedding.base import DEFAULT_PAID_CALLS_PER_MIN, EmbeddingResource
+from resources.embedding.call_retry import DEFAULT_CALL_ATTEMPTS, DEFAULT_RETRY_BASE_SECONDS
 from resources.embedding.clip_encoder import decode_for_clip
 from resources.embedding.types import (
     EmbeddingError,
@@ -136,8 +137,13 @@ class PaidEmbedding(EmbeddingResource):
     image_base_url: str = ""  # IMAGE_BASE_URL: send the uploaded thumbnail's public URL
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # REPLICATE_/OPENAI_TIMEOUT_SECONDS, per call
     max_calls_per_min: int = DEFAULT_PAID_CALLS_PER_MIN
+    call_attempts: int = DEFAULT_CALL_ATTEMPTS  # PAID_CALL_ATTEMPTS: tries per request (5xx, resets, bad replies)
+    retry_base_seconds: float = DEFAULT_RETRY_BASE_SECONDS  # PAID_RETRY_BASE_SECONDS
 
     paid: ClassVar[bool] = True
+    # Whether an interrupted call's result can be fetched later (Replicate: by prediction id);
+    # otherwise the stage counts an interrupted call as billed and lost.
+    resumable_calls: ClassVar[bool] = False
 
     _client: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
@@ -164,4 +170,6 @@ class PaidEmbedding(EmbeddingResource):
             **common,
             "max_calls_per_min": settings.env_int("MAX_EMBEDDING_CALLS_PER_MIN", DEFAULT_PAID_CALLS_PER_MIN),
             "image_base_url": settings.env_str("IMAGE_BASE_URL"),
+            "call_attempts": settings.env_int("PAID_CALL_ATTEMPTS", DEFAULT_CALL_ATTEMPTS),
+            "retry_base_seconds": settings.env_float("PAID_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS),
         }

@@ -8,7 +8,9 @@ Error classes map to what the stage does:
                            dimension differs from ``EXPECTED_VECTOR_DIM``); nothing written
 ``RateLimitedError``       never a failure: the call waits (``Retry-After``) or is
                            rescheduled about 30 s later
-``TransientProviderError`` 5xx, timeouts, network: recorded per image, retried by the queue
+``TransientProviderError`` 5xx, timeouts, network, unreadable replies: retried within the
+                           call (``PAID_CALL_ATTEMPTS``, jittered backoff), then recorded
+                           per image and retried by the queue
 ``ItemRejectedError``      the provider refuses this image (4xx): recorded, retried by the queue
 ``BadOutputError``         the call succeeded (and was paid) but the output is unusable:
                            malformed, empty, wrong dimension; recorded, retried by the queue
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,6 +39,34 @@ class EmbedItem:
     thumbnail_url: str | None = None  # public URL of the uploaded thumbnail (no watermark), when published
     tags: tuple[str, ...] = ()  # tags already known (OpenAI route: part of the embedded text)
     caption: str | None = None  # caption already paid for (OpenAI route: not asked again)
+    journal: CallJournal | None = field(default=None, compare=False, repr=False)  # set by the paid stage
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    """A billable request of an earlier, interrupted attempt that was never settled."""
+
+    intent_id: int
+    call_id: str | None  # the provider's id (a Replicate prediction), when it was stored
+    request_input: dict[str, Any] | None  # what was sent, to find the call again without its id
+    age_seconds: float  # how long ago the intent was recorded
+
+
+class CallJournal(Protocol):
+    """Where a paid provider writes down each billable request of an image around sending it
+    (``embeddings/intents.py`` implements it on Postgres): an intent committed before the request,
+    the provider's id the moment it is known, and how it ended when it ended without an outcome.
+    A request whose outcome reaches the stage is settled there, with its cost row."""
+
+    def pending(self, image_id: str, request: str) -> PendingCall | None: ...
+
+    def intend(self, image_id: str, request: str, request_input: dict[str, Any] | None = None) -> int: ...
+
+    def created(self, intent_id: int, call_id: str) -> None: ...
+
+    def unbilled(self, intent_id: int) -> None: ...
+
+    def lost(self, intent_id: int, usage: Usage, image_id: str) -> None: ...
 
 
 @dataclass

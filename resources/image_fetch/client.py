@@ -28,7 +28,7 @@ import httpx
 from PIL import Image
 
 from assemblage_assets.core import settings
-from assemblage_assets.core.imaging import APPROVED_FORMATS, sniff_format
+from assemblage_assets.core.imaging import APPROVED_FORMATS, prepare_decoder, sniff_format
 from resources.image_fetch.guard import (
     AddressGuard,
     AllowList,
@@ -121,13 +121,14 @@ class FetchedImage:
 def validate_image(body: bytes, max_pixels: int, claimed_type: str = "") -> tuple[str, str, int, int]:
     """(format, ext, width, height) of ``body``, judged by its magic bytes and Pillow, never by
     the Content-Type. Raises ``FetchError`` (not-an-image, unsupported-format, too-many-pixels, corrupt)."""
-    detected = sniff_format(body[:16])
+    detected = sniff_format(body[:32])
     if detected is None:
         claimed = f" (served as {claimed_type})" if claimed_type else ""
         raise FetchError("not-an-image", f"the body is not an image{claimed}: starts with {body[:12]!r}")
     if detected not in APPROVED_FORMATS:
         raise FetchError("unsupported-format", f"{detected} images are not accepted")
     pillow_formats, ext = APPROVED_FORMATS[detected]
+    prepare_decoder(detected)
     try:
         with Image.open(io.BytesIO(body), formats=pillow_formats) as img:
             width, height = img.size

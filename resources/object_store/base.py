@@ -77,6 +77,7 @@ class ObjectSpec:
     cache_control: str
     sha256: str | None = None  # hex digest the bytes must have (originals: the content hash)
     size: int | None = None  # expected size, compared with what the store already holds
+    copy_source: str | None = None  # s3://bucket/key on the store's own endpoint: a server-side copy, no upload
 
 
 # --- the interface ----------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_replicate_uploads_or_sends_public_urls_accepts_both_shapes_and_never_pa
         assert {p.json()["version"] for p in posts} == {DEFAULT_REPLICATE_MODEL.split(":")[1]}
         assert all(p.json()["input"]["image"].startswith("https://files.invalid/") for p in posts)
         assert all(p.headers["authorization"] == "Bearer r8_test" for p in posts)
-        assert all(p.headers.get("prefer", "").startswith("wait") for p in posts)
+        assert not any("prefer" in p.headers for p in posts)  # created without blocking, then polled
         # uploaded: a clean JPEG sized for CLIP (short edge 224), never the watermarked preview
         files = uploaded_files(fake)
         assert len(files) == 3 and {content_type for content_type, _ in files} == {"image/jpeg"}
@@ -175,7 +175,8 @@ def test_replicate_faults_are_recorded_per_image_and_the_shard_carries_on(pg_dsn
             Reply(422, {"title": "Invalid input", "detail": "image cannot be read"}),
             Reply(201, prediction(None), delay=3.0),  # slower than the timeout
         )
-        report = run(pg_dsn, "mixed", replicate(fake, timeout_seconds=1.0), cache)
+        # one try per request: each fault reaches the queue (in-call retries: test_transient_faults)
+        report = run(pg_dsn, "mixed", replicate(fake, timeout_seconds=1.0, call_attempts=1), cache)
     assert report.counts["failed"] == 6 and report.counts["queued_for_retry"] == 6 and report.counts["embedded"] == 0
     assert report.errors_by_kind == {
         "malformed-output": 1, "wrong-dimension": 1, "empty-output": 1, "http-500": 1, "http-422": 1, "timeout": 1
@@ -281,7 +282,7 @@ def test_openai_route_captions_tags_and_embeds_with_token_costs(pg_dsn: str, tre
     with FakeOpenAI() as fake:
         fake.script("POST", "/v1/chat/completions", Reply(429, {"error": {"message": "slow"}}, headers={"retry-after-ms": "10"}))
         fake.script("POST", "/v1/embeddings", Reply(500, {"error": {"message": "boom", "type": "server_error"}}))
-        provider = openai_provider(fake)
+        provider = openai_provider(fake, call_attempts=1)  # the 500 reaches the queue, not an in-call retry
         report = run(pg_dsn, "parks", provider, cache)
         assert report.counts["embedded"] == 1 and report.counts["failed"] == 1  # the 500 came after a paid caption
         chats = fake.calls("POST", "/v1/chat/completions")

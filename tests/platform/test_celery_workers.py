@@ -178,15 +178,15 @@ def test_shard_stages_run_on_cpu_and_gpu_workers(worker_env: dict[str, str], wor
             e.dagster_event.asset_key.to_user_string()
             for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
         }
-    assert materialized == {"raw_files", "derivatives", "r2_objects", "embeddings"}
-    assert set(ran_on) == {"raw_files", "derivatives", "r2_objects", "embeddings"}
+    assert materialized == {"raw_files", "derivatives", "duplicates", "r2_objects", "embeddings"}
+    assert set(ran_on) == {"raw_files", "derivatives", "duplicates", "r2_objects", "embeddings"}
     assert ran_on["embeddings"].startswith("gpu@")
-    for step in ("raw_files", "derivatives", "r2_objects"):
+    for step in ("raw_files", "derivatives", "duplicates", "r2_objects"):
         assert ran_on[step].startswith("cpu@"), (step, ran_on)
-    # and the workers' own logs agree: three step tasks on the CPU worker, one on the GPU worker
+    # and the workers' own logs agree: four step tasks on the CPU worker, one on the GPU worker
     done = {q: len(re.findall(r"Task execute_plan\[[0-9a-f-]+\] succeeded", log.read_text(errors="replace")))
             for q, (_, log) in workers.items()}
-    assert done == {"cpu": 3, "gpu": 1}
+    assert done == {"cpu": 4, "gpu": 1}
 
     rows = query(pg_dsn, "SELECT local_path, status FROM processing_log WHERE shard = %s ORDER BY local_path", SHARD)
     assert len(rows) == len(expected)

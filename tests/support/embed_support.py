@@ -224,16 +224,55 @@ def prediction(output: Any, *, status: str = "succeeded", predict_time: float | 
 
 
 class FakeReplicate(FakeAPI):
-    """POST /v1/files (uploads), POST /v1/predictions (answers at once, ``Prefer: wait``)."""
+    """POST /v1/files (uploads); POST /v1/predictions creates a prediction (kept: GET by id, and
+    the newest-first list GET /v1/predictions). With ``complete_after`` > 0 a prediction stays
+    ``processing`` that many seconds after its creation, as a real model run would; else it
+    has succeeded at once. ``created`` counts the predictions Replicate would bill."""
 
-    def __init__(self, dim: int = 768, shape: str = "dict") -> None:
+    def __init__(self, dim: int = 768, shape: str = "dict", complete_after: float = 0.0) -> None:
         super().__init__()
         self.dim = dim
         self.shape = shape
+        self.complete_after = complete_after
         self.uploads: dict[str, bytes] = {}
+        self.predictions: dict[str, tuple[float, dict]] = {}  # id -> (monotonic creation time, body)
         self.routes[("POST", "/v1/files")] = self._file
         self.routes[("POST", "/v1/predictions")] = self._predict
         self.routes[("POST", "/v1/predictions/")] = lambda s: Reply(200, prediction(None, status="canceled"))
+        self.routes[("GET", "/v1/predictions/")] = self._get
+        self.routes[("GET", "/v1/predictions")] = self._list
+
+    @property
+    def created(self) -> int:
+        with self._lock:
+            return len(self.predictions)
+
+    def create(self, seen: Seen) -> dict:
+        """Store a new prediction for the request (billed from here on) and return its body."""
+        body = prediction(self.output_for(seen))
+        body["input"] = seen.json()["input"]
+        body["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        with self._lock:
+            self.predictions[body["id"]] = (time.monotonic(), body)
+        return self._view(body["id"])
+
+    def _view(self, pid: str) -> dict:
+        with self._lock:
+            born, body = self.predictions[pid]
+        if time.monotonic() - born >= self.complete_after:
+            return body
+        return {**body, "status": "processing", "output": None, "metrics": {}}
+
+    def _get(self, seen: Seen) -> Reply:
+        pid = seen.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        if pid not in self.predictions:
+            return Reply(404, {"detail": "Not found."})
+        return Reply(200, self._view(pid))
+
+    def _list(self, seen: Seen) -> Reply:
+        with self._lock:
+            newest = sorted(self.predictions, key=lambda p: -self.predictions[p][0])[:100]
+        return Reply(200, {"next": None, "previous": None, "results": [self._view(p) for p in newest]})
 
     def _file(self, seen: Seen) -> Reply:
         fid = uuid.uuid4().hex[:10]
@@ -251,7 +290,7 @@ class FakeReplicate(FakeAPI):
         return {"embedding": vector} if self.shape == "dict" else [{"embedding": vector}]
 
     def _predict(self, seen: Seen) -> Reply:
-        return Reply(201, prediction(self.output_for(seen)))
+        return Reply(201, self.create(seen))
 
 
 class FakeOpenAI(FakeAPI):

@@ -49,7 +49,7 @@ class Seen:
         return self.method == "PUT" and self.path.count("/") >= 2
 
 
-Fault = Callable[["Seen"], "str | None"]  # -> None, "503", "500", "reset" or "stall"
+Fault = Callable[["Seen"], "str | None"]  # -> None, "503", "500", "403", "reset" or "stall"
 
 
 class LoopbackProxy:
@@ -137,6 +137,11 @@ class LoopbackProxy:
             self.stalled.release()
             self.release.wait(120)
             _reset(h)
+            return
+        if action == "403":
+            payload = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>injected</Message></Error>"
+            self._record(Seen(seen.method, seen.path, seen.query, headers, 403))
+            _respond(h, 403, [("Content-Type", "application/xml")], payload)
             return
         if action in ("500", "503"):
             code = "SlowDown" if action == "503" else "InternalError"

@@ -1,0 +1,102 @@
+"""Added cost of the perceptual hashes (issue 12) in the derivatives stage: pHash + dHash of each
+image's in-memory thumbnail (``core.perceptual.perceptual_hashes``, what ``derive_image`` does),
+against ``derive_image`` itself on the same files, one process. Target: ≤ 10% per image.
+
+Run by ``benchmarks/derivatives.py`` on its generated 12 MP JPEGs (in a fresh process), or alone:
+
+    .venv/bin/python benchmarks/perceptual_cost.py [--images 8] [--size 4000x3000] [--src DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def measure(src_dir: Path, repeat: int) -> dict[str, float]:
+    from assemblage_assets.core.imaging import DerivativeSpec, decode_upright, fit
+    from assemblage_assets.core.perceptual import perceptual_hashes
+    from assemblage_assets.images.derive import derive_image
+
+    spec = DerivativeSpec()
+    files = sorted(p for p in src_dir.iterdir() if p.suffix.upper() == ".JPG")
+    out = Path(tempfile.mkdtemp(prefix="assemblage-bench-phash-"))
+    try:
+        derive_s = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            for i, path in enumerate(files):
+                if not derive_image(str(path), f"{i:08d}-0000-0000-0000-000000000000", out, spec).ok:
+                    raise SystemExit(f"derive_image failed on {path}")
+            derive_s.append(time.perf_counter() - started)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    thumbs = []
+    for path in files:  # the thumbnail exactly as derive_image holds it in memory
+        upright, _ = decode_upright(str(path), spec.preview_long_edge)
+        thumbs.append(fit(fit(upright, spec.preview_long_edge, spec.preview_long_edge), spec.thumbnail_box, spec.thumbnail_box))
+    perceptual_hashes(thumbs[0])  # imports scipy.fftpack once, as the first image of a worker does
+    hash_s = []
+    for _ in range(max(5, repeat)):
+        started = time.perf_counter()
+        for thumb in thumbs:
+            perceptual_hashes(thumb)
+        hash_s.append(time.perf_counter() - started)
+    n = len(files)
+    return {"images": n, "derive_ms": min(derive_s) / n * 1000, "hash_ms": min(hash_s) / n * 1000}
+
+
+def report(src_dir: Path, repeat: int = 3) -> str:
+    """Measure in a fresh process (its own memory, no warm caches) and format the result."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--_measure", str(src_dir), "--repeat", str(repeat)],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"perceptual hash measurement failed:\n{proc.stderr}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    base = r["derive_ms"] - r["hash_ms"]  # derive_image includes the hashes
+    ratio = r["hash_ms"] / base
+    return "\n".join([
+        f"perceptual hashes (issue 12), {r['images']} images, one process, best of {repeat} rounds:",
+        f"| {'measurement':<44} | {'per image':>12} | {'vs derive':>9} |",
+        f"|{'-' * 46}|{'-' * 13}:|{'-' * 10}:|",
+        f"| {'derive_image without the hashes':<44} | {base:9.2f} ms | {'1.00x':>9} |",
+        f"| {'pHash + dHash of the in-memory thumbnail':<44} | {r['hash_ms']:9.3f} ms | {ratio:8.2%} |",
+        f"{'PASS' if ratio <= 0.10 else 'FAIL'}: pHash + dHash add {ratio:.2%} per image (target <= 10%)",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT of the generated JPEGs")
+    parser.add_argument("--src", help="a folder of *.JPG to use instead of generating")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--_measure", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._measure:
+        print(json.dumps(measure(Path(args._measure), args.repeat)))
+        return
+    if args.src:
+        print(report(Path(args.src), args.repeat))
+        return
+    from derivatives import generate  # benchmarks/ is on sys.path when a script runs
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    work = Path(tempfile.mkdtemp(prefix="assemblage-bench-phash-src-"))
+    try:
+        generate(work, args.images, (width, height), 1)
+        print(report(work, args.repeat))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -59,21 +59,30 @@ def _run_job(job_name: str, args: argparse.Namespace, run_config: dict[str, Any]
     return 1 if failed else 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def _run_on_sources(job_name: str, args: argparse.Namespace, run_config: dict[str, Any] | None = None) -> int:
+    """One local tree (``--images-dir``, or IMAGE_SOURCES naming one folder) takes today's path
+    with its idle-shard check; buckets, Dropbox and several sources run per source shard."""
     if args.images_dir is None:
-        from assemblage_assets.cli.sources import cmd_ingest_sources, single_local_folder
+        from assemblage_assets.cli.sources import run_source_shards, single_local_folder
 
         args.images_dir = single_local_folder(args.source)
         if args.images_dir is None:
-            return cmd_ingest_sources(args)  # buckets, Dropbox, several folders of IMAGE_SOURCES
+            runs = run_source_shards(job_name, args.source, args.shard or (), verbose=args.verbose, run_config=run_config)
+            failed = [r for r in runs if not r.success]
+            print(f"{len(runs) - len(failed)}/{len(runs)} shard run(s) succeeded")
+            return 1 if failed else 0
+    return _run_job(job_name, args, run_config)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
     print(f"publishing to {check_object_store()}")
-    return _run_job(INGEST_SHARD_JOB, args)
+    return _run_on_sources(INGEST_SHARD_JOB, args)
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
     """The older ``npm run upload``: publish processed images of the shards (r2_objects)."""
     print(f"publishing to {check_object_store()}")
-    return _run_job(PUBLISH_SHARD_JOB, args)
+    return _run_on_sources(PUBLISH_SHARD_JOB, args)
 
 
 def cmd_verify_objects(args: argparse.Namespace) -> int:
@@ -81,7 +90,14 @@ def cmd_verify_objects(args: argparse.Namespace) -> int:
     from assemblage_assets.images.jobs import VERIFY_RUN_CONFIG
 
     print(f"verifying objects in {check_object_store()}")
-    return _run_job(VERIFY_OBJECTS_JOB, args, VERIFY_RUN_CONFIG)
+    return _run_on_sources(VERIFY_OBJECTS_JOB, args, VERIFY_RUN_CONFIG)
+
+
+def _add_source_choice(p: Any, default_images: str) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--images-dir", default=None,
+                       help=f"one local source tree, ignoring IMAGE_SOURCES (default: every source of IMAGE_SOURCES, else {default_images})")
+    where.add_argument("--source", metavar="URI", help="one source of IMAGE_SOURCES (a path, s3://bucket/prefix, dropbox:/Folder, or its label)")
 
 
 EVERY_SHARD_HELP = "run every selected shard, even those with nothing to do (default: skip them after a read-only check)"
@@ -101,17 +117,14 @@ def add_commands(sub: Any, default_images: str) -> None:
     p.set_defaults(func=cmd_shards)
 
     p = sub.add_parser("ingest", help="scan, derive, group near-duplicates and publish shards through Dagster (raw_files + derivatives + duplicates + r2_objects)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--images-dir", default=None,
-                       help=f"one local source tree, ignoring IMAGE_SOURCES (default: every source of IMAGE_SOURCES, else {default_images})")
-    where.add_argument("--source", metavar="URI", help="one source of IMAGE_SOURCES (a path, s3://bucket/prefix, dropbox:/Folder, or its label)")
+    _add_source_choice(p, default_images)
     p.add_argument("--shard", action="append", metavar="KEY", help="shard key to run (repeatable; default: all)")
     p.add_argument("--every-shard", action="store_true", help=EVERY_SHARD_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("upload", help="publish processed shards to the object store through Dagster (r2_objects)")
-    p.add_argument("--images-dir", default=default_images, help=f"source tree (default: IMAGES_DIR or {default_images})")
+    _add_source_choice(p, default_images)
     p.add_argument("--shard", action="append", metavar="KEY", help="shard key to publish (repeatable; default: all)")
     p.add_argument("--every-shard", action="store_true", help=EVERY_SHARD_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
@@ -119,7 +132,7 @@ def add_commands(sub: Any, default_images: str) -> None:
 
     p = sub.add_parser("verify-objects", help="check every object of the shards in the store and put back what is "
                        "missing (verify_shard_objects_job; ingest and upload skip shards already checked)")
-    p.add_argument("--images-dir", default=default_images, help=f"source tree (default: IMAGES_DIR or {default_images})")
+    _add_source_choice(p, default_images)
     p.add_argument("--shard", action="append", metavar="KEY", help="shard key to verify (repeatable; default: all)")
     p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own logs")
     p.set_defaults(func=cmd_verify_objects, every_shard=True)

@@ -102,14 +102,6 @@ def run_source_shards(
     return runs
 
 
-def cmd_ingest_sources(args: argparse.Namespace) -> int:
-    print(f"publishing to {check_object_store()}")
-    runs = run_source_shards(INGEST_SHARD_JOB, args.source, args.shard or (), verbose=args.verbose)
-    failed = [r for r in runs if not r.success]
-    print(f"{len(runs) - len(failed)}/{len(runs)} shard run(s) succeeded")
-    return 1 if failed else 0
-
-
 def cmd_source_shards(args: argparse.Namespace) -> int:
     """``assemblage shards`` over IMAGE_SOURCES: key and location of every shard (``--register``
     adds the missing ones as partitions)."""

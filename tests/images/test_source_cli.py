@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from support.s3_loopback import ACCESS_KEY, SECRET_KEY, S3Env
 
+from assemblage_assets.core import settings
 from assemblage_assets.dev.sample_data import make_photo
 from assemblage_assets.images.uploads_sensor import uploads_sensor
 from resources.image_library import ImageLibraryResource
@@ -57,6 +58,18 @@ def test_ingest_a_bucket_source_then_process_one_new_entry(s3: S3Env, assemblage
     assert "2/2 shard run(s) succeeded" in proc.stdout
     assert set(_statuses(assemblage_env["DATABASE_URL"]).values()) == {"uploaded"}
     assert SECRET_KEY not in proc.stdout + proc.stderr
+
+    # upload and verify-objects take bucket shard keys too: a thumbnail deleted from the store comes back
+    thumbs = sorted((settings.Paths.from_env().object_store / "thumbnail").rglob("*.webp"))
+    assert len(thumbs) == 3
+    thumbs[0].unlink()
+    proc = subprocess.run([CLI, "verify-objects", "--source", f"s3://{bucket}/in"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2/2 shard run(s) succeeded" in proc.stdout and thumbs[0].is_file()
+    proc = subprocess.run([CLI, "upload", "--source", f"s3://{bucket}/in"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
     new = f"s3://{bucket}/in/user-1/fresh.jpg"
     client.put_object(Bucket=bucket, Key="in/user-1/fresh.jpg", Body=jpeg(9))

@@ -52,6 +52,8 @@ def image_id_of(text: str) -> str:
 def filters(
     shard: Annotated[list[Annotated[str, Query(max_length=200, pattern=TEXT)]] | None, Query(
         description="shard key (repeat for several)", max_length=MAX_FILTER_VALUES)] = None,
+    source: Annotated[str | None, Query(max_length=500, pattern=TEXT, description=(
+        "a source URI of IMAGE_SOURCES: folder path, s3://bucket/prefix or dropbox:/Folder"))] = None,
     camera_make: Annotated[str | None, Query(max_length=100, pattern=TEXT)] = None,
     camera_model: Annotated[str | None, Query(max_length=100, pattern=TEXT)] = None,
     captured_from: Annotated[date | None, Query(description="inclusive", ge=date(1800, 1, 1), le=date(2999, 12, 31))] = None,
@@ -72,7 +74,7 @@ def filters(
         hexa = colour.lstrip("#")
         rgb = (int(hexa[0:2], 16), int(hexa[2:4], 16), int(hexa[4:6], 16))
     return Filters(
-        shards=tuple(dict.fromkeys(shard or ())), camera_make=camera_make or None, camera_model=camera_model or None,
+        shards=tuple(dict.fromkeys(shard or ())), source=source or None, camera_make=camera_make or None, camera_model=camera_model or None,
         captured_from=captured_from, captured_to=captured_to, country=country, place=place or None,
         tags=tuple(dict.fromkeys(t for t in (normalize_tag(x) for x in tag or ()) if t)),
         orientation=orientation, has_duplicates=has_duplicates, colour=rgb, colour_distance=colour_distance,

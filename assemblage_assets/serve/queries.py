@@ -25,6 +25,7 @@ class Filters:
     """Restrictions every query accepts (all optional; together they AND)."""
 
     shards: tuple[str, ...] = ()
+    source: str | None = None  # a source URI (folder path, s3://bucket/prefix, dropbox:/Folder): entries under it
     camera_make: str | None = None
     camera_model: str | None = None
     captured_from: date | None = None
@@ -56,6 +57,12 @@ def where(f: Filters, params: dict[str, Any]) -> sql.Composable:
     if f.shards:
         add("EXISTS (SELECT 1 FROM processing_log p WHERE p.image_id = i.id AND p.shard = ANY(%(f_shards)s))",
             f_shards=list(f.shards))
+    if f.source:
+        # processing_log.local_path holds each entry's source URI (or absolute path): a prefix match
+        # ending at a separator, so s3://b/in never matches s3://b/inbox
+        prefix = f.source.rstrip("/") + "/"
+        add("EXISTS (SELECT 1 FROM processing_log p WHERE p.image_id = i.id AND p.local_path LIKE %(f_source)s)",
+            f_source=_like(prefix)[1:])
     if f.camera_make:
         add("i.exif_data->>'make' ILIKE %(f_make)s", f_make=_like(f.camera_make))
     if f.camera_model:

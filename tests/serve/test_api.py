@@ -90,6 +90,9 @@ def test_results_carry_thumbnails_served_from_the_local_store(client: TestClient
 @pytest.mark.parametrize(("params", "expected"), [
     ({"shard": "parks"}, {"green-0.jpg", "white-1.jpg"}),
     ({"shard": ["parks", "cars"]}, None),
+    ({"source": "parks"}, {"green-0.jpg", "white-1.jpg"}),  # a folder source under the test tree
+    ({"source": "par"}, set()),  # a prefix ends at a separator
+    ({"source": ""}, None),
     ({"camera_make": "canon"}, {"orange-0.jpg", "orange-1.jpg"}),
     ({"camera_model": "D750"}, {"blue-2.jpg"}),
     ({"captured_from": "2019-07-01", "captured_to": "2021-12-31"}, {"orange-1.jpg", "blue-2.jpg"}),
@@ -108,6 +111,7 @@ def test_filters_restrict_every_kind_of_query(client: TestClient, catalogue: Cat
                                               expected: set[str] | None) -> None:
     names = {v: k for k, v in catalogue.ids.items()}
     expected = set(catalogue.ids) if expected is None else expected
+    params = {k: (str(catalogue.images / v) if k == "source" else v) for k, v in params.items()}
     anchor = catalogue.ids["white-1.jpg"]
     for path, extra in (("/api/images", {}), ("/api/search", {"q": "a photo"}),
                         (f"/api/images/{anchor}/similar", {})):

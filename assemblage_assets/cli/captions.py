@@ -10,7 +10,6 @@ import sys
 from typing import Any
 
 from assemblage_assets.cli.common import BANNER, database_dsn, fail
-from assemblage_assets.cli.launch import QUIET_LOGGING, busy_partitions, refused, run_partition
 from assemblage_assets.constants import CAPTION_SHARD_JOB
 from assemblage_assets.core import settings
 from assemblage_assets.platform.dagster_home import ensure_dagster_home
@@ -20,11 +19,9 @@ def launch_caption_runs(shard: str | None = None, *, limit: int = 0, verbose: bo
                         progress: Any = print) -> list[Any]:
     """One in-process ``caption_shard_job`` run per shard with images missing a caption, in the
     instance the UI reads; ``limit`` is shared by all of them."""
-    import dagster as dg
-
+    from assemblage_assets.cli.launch import run_shards_with_limit
     from assemblage_assets.core import db
     from assemblage_assets.embeddings import caption_queue
-    from assemblage_assets.partitions import IMAGE_SHARDS, add_partitions
     from resources import caption
     from resources.database import PostgresResource
     from resources.image_library import ImageLibraryResource
@@ -36,24 +33,9 @@ def launch_caption_runs(shard: str | None = None, *, limit: int = 0, verbose: bo
     with db.connect(database_dsn()) as conn:
         shards = caption_queue.shards_missing_captions(conn, provider.model_id)
     shards = [s for s in shards if s == shard] if shard else shards
-    instance = dg.DagsterInstance.get()
-    add_partitions(instance, IMAGE_SHARDS, shards)
-    job = defs.resolve_job_def(CAPTION_SHARD_JOB)
     resources = {"caption": provider, "library": ImageLibraryResource.from_env(), "database": PostgresResource()}
-    runs, remaining = [], limit
-    busy = busy_partitions(job, instance, progress)
-    for index, key in enumerate(shards, 1):
-        if limit and remaining <= 0:
-            break
-        run_config: dict[str, Any] = {} if verbose else dict(QUIET_LOGGING)
-        if limit:
-            run_config["ops"] = {"captions": {"config": {"limit": remaining}}}
-        run = refused(key) if key in busy else run_partition(job, key, instance, run_config or None, resources)
-        runs.append(run)
-        state = f"{run.metadata.get('captioned', 0)} captioned" if run.success else f"FAILED: {run.error}"
-        progress(f"[{index}/{len(shards)}] {CAPTION_SHARD_JOB} {key}: {state} ({run.seconds:.1f}s, run {run.run_id[:8]})")
-        remaining -= int(run.metadata.get("captioned", 0) or 0) + int(run.metadata.get("failed", 0) or 0)
-    return runs
+    return run_shards_with_limit(defs.resolve_job_def(CAPTION_SHARD_JOB), "captions", "captioned", shards, resources,
+                                 limit=limit, verbose=verbose, progress=progress)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:

@@ -180,11 +180,9 @@ def launch_embed_runs(
     """One in-process ``embed_shard_job`` run per shard with missing vectors, in the instance the
     UI reads; ``limit`` is shared by all of them (each run gets what the previous ones left).
     Resources are built from the environment now, not when the definitions were first imported."""
-    import dagster as dg
 
     from assemblage_assets.core import db
     from assemblage_assets.embeddings.candidates import shards_missing_embeddings
-    from assemblage_assets.partitions import IMAGE_SHARDS, add_partitions
     from resources import embedding
     from resources.database import PostgresResource
     from resources.image_library import ImageLibraryResource
@@ -197,10 +195,24 @@ def launch_embed_runs(
         shards = shards_missing_embeddings(conn, provider.model_id)
     if shard:
         shards = [s for s in shards if s == shard]
+    resources = {"embedding": provider, "library": ImageLibraryResource.from_env(), "database": PostgresResource()}
+    return run_shards_with_limit(defs.resolve_job_def(EMBED_SHARD_JOB), "embeddings", "embedded", shards, resources,
+                                 limit=limit, verbose=verbose, progress=progress)
+
+
+def run_shards_with_limit(
+    job: Any, asset: str, done_key: str, shards: Sequence[str], resources: dict[str, Any], *,
+    limit: int | None = None, verbose: bool = False, progress: Callable[[str], None] = print,
+) -> list[ShardRun]:
+    """One in-process run of ``job`` per shard (registered first), sharing ``limit`` between
+    them: each run's ``asset`` gets what the previous runs left, counting ``done_key`` and
+    failures from their metadata. A shard already in flight is refused, not run twice."""
+    import dagster as dg
+
+    from assemblage_assets.partitions import IMAGE_SHARDS, add_partitions
+
     instance = dg.DagsterInstance.get()
     add_partitions(instance, IMAGE_SHARDS, shards)
-    job = defs.resolve_job_def(EMBED_SHARD_JOB)
-    resources = {"embedding": provider, "library": ImageLibraryResource.from_env(), "database": PostgresResource()}
     runs, remaining = [], limit
     busy = busy_partitions(job, instance, progress)
     for index, key in enumerate(shards, 1):
@@ -208,13 +220,12 @@ def launch_embed_runs(
             break
         run_config: dict[str, Any] = {} if verbose else dict(QUIET_LOGGING)
         if limit:
-            run_config["ops"] = {"embeddings": {"config": {"limit": remaining}}}
+            run_config["ops"] = {asset: {"config": {"limit": remaining}}}
         run = refused(key) if key in busy else run_partition(job, key, instance, run_config or None, resources)
-        metadata = run.metadata
         runs.append(run)
-        state = f"{metadata.get('embedded', 0)} embedded" if run.success else f"FAILED: {run.error}"
-        progress(f"[{index}/{len(shards)}] {EMBED_SHARD_JOB} {key}: {state} ({run.seconds:.1f}s, run {run.run_id[:8]})")
-        remaining -= int(metadata.get("embedded", 0) or 0) + int(metadata.get("failed", 0) or 0)
+        state = f"{run.metadata.get(done_key, 0)} {done_key}" if run.success else f"FAILED: {run.error}"
+        progress(f"[{index}/{len(shards)}] {job.name} {key}: {state} ({run.seconds:.1f}s, run {run.run_id[:8]})")
+        remaining -= int(run.metadata.get(done_key, 0) or 0) + int(run.metadata.get("failed", 0) or 0)
     return runs
 
 

@@ -47,6 +47,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"published to:      {store} (original/, thumbnail/, watermarked/)")
     print(f"Dagster home:      {ensure_dagster_home()}")
     print("open the UI:       make ui   (then http://127.0.0.1:3000)")
+    print("browse and search: .venv/bin/assemblage serve   (then http://127.0.0.1:8000)")
+    print("near-duplicates:   .venv/bin/assemblage duplicates")
     return 0 if all(r.success for r in runs) else 1
 
 

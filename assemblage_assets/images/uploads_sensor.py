@@ -6,12 +6,14 @@ Each tick streams the source's listing (page by page, flat memory) and requests 
 shard holding an entry modified after the cursor (the newest server time seen so far); the
 run's ``raw_files`` then downloads only what is new or changed. Shards are compared with the
 cursor minus ``OVERLAP_SECONDS`` (an upload can land in a shard already listed while a later
-shard is being listed); the run key (shard + its newest time) keeps Dagster from requesting the
-same run twice.
+shard is being listed); the run key (shard, its newest time and a fingerprint of the entries in
+the window) keeps Dagster from requesting the same run twice while two uploads in the same
+second still get a run each.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 
@@ -22,7 +24,7 @@ from assemblage_assets.core import settings
 from assemblage_assets.images.sources import ShardRef, shard_refs
 from assemblage_assets.partitions import IMAGE_SHARDS, add_partitions_requests
 from resources.image_library import ImageLibraryResource
-from resources.image_source import ImageSource, SourceError
+from resources.image_source import ImageSource, SourceEntry, SourceError
 
 MAX_RUNS_PER_TICK = 100
 OVERLAP_SECONDS = 300.0
@@ -37,17 +39,30 @@ def uploads_source(sources: Sequence[ImageSource], wanted: str) -> ImageSource |
     return None
 
 
-def new_uploads(sources: Sequence[ImageSource], source: ImageSource, since: float) -> tuple[list[tuple[ShardRef, float]], float]:
-    """Shards of ``source`` with entries modified after ``since`` (with their newest time), and
-    the newest time seen overall."""
+def _fingerprint(entries: Sequence[SourceEntry]) -> str:
+    """Order-independent digest of (uri, marker) pairs: two uploads within one second of each
+    other (S3 times have 1 s resolution) still give the shard a new run key."""
+    total = 0
+    for e in entries:
+        total = (total + int.from_bytes(hashlib.blake2b(f"{e.uri}\0{e.marker}".encode(), digest_size=8).digest())) % 2**64
+    return f"{len(entries)}-{total:016x}"
+
+
+def new_uploads(sources: Sequence[ImageSource], source: ImageSource, since: float) -> tuple[list[tuple[ShardRef, float, str]], float]:
+    """Shards of ``source`` with entries modified after ``since`` (with their newest time and a
+    fingerprint of those entries), and the newest time seen overall."""
     newest_overall = since
-    found: list[tuple[ShardRef, float]] = []
+    found: list[tuple[ShardRef, float, str]] = []
     refs = [ref for ref in shard_refs(sources) if ref.source is source]
     for ref in refs:
         assert ref.remote is not None
-        newest = max((e.modified or 0.0 for e in source.entries(ref.remote)), default=0.0)
+        newest, recent = 0.0, []
+        for e in source.entries(ref.remote):
+            newest = max(newest, e.modified or 0.0)
+            if (e.modified or 0.0) > since:
+                recent.append(e)  # only the entries of this tick's window: a handful, not the shard
         if newest > since:
-            found.append((ref, newest))
+            found.append((ref, newest, _fingerprint(recent)))
             newest_overall = max(newest_overall, newest)
     return found, newest_overall
 
@@ -73,11 +88,12 @@ def uploads_sensor(context: dg.SensorEvaluationContext, library: ImageLibraryRes
     if not found:
         return dg.SkipReason(f"no new uploads in {source.uri}")
     found = sorted(found, key=lambda item: item[1])[:MAX_RUNS_PER_TICK]
-    cursor = max(since, max(t for _, t in found) if len(found) == MAX_RUNS_PER_TICK else newest)
+    cursor = max(since, max(t for _, t, _ in found) if len(found) == MAX_RUNS_PER_TICK else newest)
     known = set(context.instance.get_dynamic_partitions(IMAGE_SHARDS))
-    new_keys = [ref.key for ref, _ in found if ref.key not in known]
+    new_keys = [ref.key for ref, _, _ in found if ref.key not in known]
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=ref.key, run_key=f"uploads:{ref.key}:{t:.3f}") for ref, t in found],
+        run_requests=[dg.RunRequest(partition_key=ref.key, run_key=f"uploads:{ref.key}:{t:.3f}:{fp}")
+                      for ref, t, fp in found],
         dynamic_partitions_requests=add_partitions_requests(IMAGE_SHARDS, new_keys) if new_keys else [],
         cursor=json.dumps({"since": cursor}),
     )

@@ -118,3 +118,16 @@ def test_uploads_sensor_requests_runs_for_shards_with_new_entries(
     assert keys["bob"] != first_keys["bob"] and keys.get("alice", first_keys["alice"]) == first_keys["alice"]
     assert not second.dynamic_partitions_requests
     assert json.loads(second.cursor)["since"] >= json.loads(first.cursor)["since"]
+
+
+def test_two_uploads_in_the_same_second_get_two_run_keys() -> None:
+    """S3 modification times have a 1 s resolution: the run key must not rest on the time alone."""
+    from assemblage_assets.images.uploads_sensor import _fingerprint
+    from resources.image_source import SourceEntry
+
+    first = [SourceEntry("s3://b/u/bob/b.jpg", 10, '"e1"', 1796173431.0)]
+    both = first + [SourceEntry("s3://b/u/bob/later.jpg", 12, '"e2"', 1796173431.0)]
+    assert _fingerprint(first) != _fingerprint(both)
+    assert _fingerprint(both) == _fingerprint(list(reversed(both)))  # listing order does not matter
+    changed = [SourceEntry("s3://b/u/bob/b.jpg", 10, '"e3"', 1796173431.0)]  # same key, new bytes
+    assert _fingerprint(first) != _fingerprint(changed)

@@ -14,7 +14,6 @@ Run by ``benchmarks/derivatives.py`` on its generated JPEGs (in a fresh process)
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
@@ -108,28 +107,9 @@ def report(src_dir: Path, repeat: int = 3) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT of the generated JPEGs")
-    parser.add_argument("--src", help="a folder of *.JPG to use instead of generating")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--_measure", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args._measure:
-        print(json.dumps(measure(Path(args._measure), args.repeat)))
-        return
-    if args.src:
-        print(report(Path(args.src), args.repeat))
-        return
-    from derivatives import generate  # benchmarks/ is on sys.path when a script runs
+    import added_cost  # benchmarks/ is on sys.path when a script runs
 
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    work = Path(tempfile.mkdtemp(prefix="assemblage-bench-enrich-src-"))
-    try:
-        generate(work, args.images, (width, height), 1)
-        print(report(work, args.repeat))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    added_cost.main(__doc__.split("\n\n")[0], measure, report, "enrich")
 
 
 if __name__ == "__main__":

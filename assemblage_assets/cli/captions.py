@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
-from assemblage_assets.cli.common import BANNER, database_dsn, fail
+from assemblage_assets.cli.common import BANNER, database_dsn, fail, summarize_paid_runs
 from assemblage_assets.constants import CAPTION_SHARD_JOB
 from assemblage_assets.core import settings
 from assemblage_assets.platform.dagster_home import ensure_dagster_home
@@ -70,14 +69,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         print(f"nothing to caption: every derived image has a caption of {model}")
         return 0
     print(f"captioning {todo:,} image(s) with {provider.describe()} (estimated ${todo * per_image:,.4f})")
-    runs = launch_caption_runs(args.shard, limit=limit, verbose=args.verbose)
-    failed = [r for r in runs if not r.success]
-    done = sum(int(r.metadata.get("captioned", 0) or 0) for r in runs)
-    cost = sum(float(r.metadata.get("cost_usd", 0) or 0) for r in runs)
-    print(f"{len(runs) - len(failed)}/{len(runs)} shard run(s) succeeded; {done:,} image(s) captioned; ${cost:.4f} spent")
-    for r in failed:
-        print(f"  {r.shard}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
+    return summarize_paid_runs(launch_caption_runs(args.shard, limit=limit, verbose=args.verbose), "captioned")
 
 
 def prepare_demo_captioner(allow_tiny: bool) -> str | None:

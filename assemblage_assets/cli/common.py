@@ -60,3 +60,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def summarize_paid_runs(runs: list[Any], done_key: str) -> int:
+    """Print what a set of embed or caption shard runs did and spent (failures on stderr); the exit code."""
+    failed = [r for r in runs if not r.success]
+    done = sum(int(r.metadata.get(done_key, 0) or 0) for r in runs)
+    cost = sum(float(r.metadata.get("cost_usd", 0) or 0) for r in runs)
+    print(f"{len(runs) - len(failed)}/{len(runs)} shard run(s) succeeded; {done:,} image(s) {done_key}; ${cost:.4f} spent")
+    for r in failed:
+        print(f"  {r.shard}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0

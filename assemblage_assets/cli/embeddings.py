@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from assemblage_assets.cli.common import configured_provider, database_dsn, fail
+from assemblage_assets.cli.common import configured_provider, database_dsn, fail, summarize_paid_runs
 from assemblage_assets.cli.launch import launch_embed_runs
 from assemblage_assets.core import settings
 
@@ -50,14 +50,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"nothing to embed: every processed image has a vector for {model}")
         return 0
     print(f"embedding {todo:,} image(s) with {provider.describe()} (estimated ${todo * per_image:,.4f})")
-    runs = launch_embed_runs(args.shard, limit=limit, verbose=args.verbose)
-    failed = [r for r in runs if not r.success]
-    embedded = sum(int(r.metadata.get("embedded", 0) or 0) for r in runs)
-    cost = sum(float(r.metadata.get("cost_usd", 0) or 0) for r in runs)
-    print(f"{len(runs) - len(failed)}/{len(runs)} shard run(s) succeeded; {embedded:,} image(s) embedded; ${cost:.4f} spent")
-    for r in failed:
-        print(f"  {r.shard}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
+    return summarize_paid_runs(launch_embed_runs(args.shard, limit=limit, verbose=args.verbose), "embedded")
 
 
 def _reembed(provider: Any, args: argparse.Namespace) -> int:

@@ -99,7 +99,7 @@ def bench_model(
 ) -> dict:
     from assemblage_assets.core import db
     from assemblage_assets.dev.tiny_clip import build_clip_checkpoint
-    from assemblage_assets.embeddings import embed
+    from assemblage_assets.embeddings import embed, prompt_vectors
     from assemblage_assets.embeddings.tags import PROMPT, load_vocabulary
     from resources.embedding import LocalClipEmbedding
     from resources.embedding.clip_encoder import ClipEncoder, decode_for_clip
@@ -137,10 +137,11 @@ def bench_model(
     provider = LocalClipEmbedding(clip_model=str(path), batch_size=batch, device=device or "")
 
     def stage(cache_dir: Path) -> tuple[float, dict]:
-        embed._VOCABULARY_VECTORS.clear()  # every run pays for its tag vocabulary, as a Dagster run does
+        prompt_vectors.forget()  # every run pays for its tag vocabulary (table emptied below)
         with db.connect(dsn) as conn:
             conn.execute("DELETE FROM image_embeddings WHERE model = %s", (provider.model_id,))
             conn.execute("DELETE FROM image_tags WHERE model = %s", (provider.model_id,))
+            conn.execute("DELETE FROM prompt_vectors WHERE model = %s", (provider.model_id,))
             t0 = time.perf_counter()
             report = embed.embed_shard(conn, shard, provider, dsn=dsn, cache_dir=cache_dir)
             return time.perf_counter() - t0, report.counts
@@ -234,7 +235,7 @@ def bench_backends(arch: str, models: Path, files: list[Path], batch: int, dsn: 
 
     from assemblage_assets.core import db
     from assemblage_assets.dev.tiny_clip import build_clip_checkpoint
-    from assemblage_assets.embeddings import embed
+    from assemblage_assets.embeddings import embed, prompt_vectors
     from resources.embedding import LocalClipEmbedding
     from resources.embedding.clip_backends import candidates, min_cosine
     from resources.embedding.clip_encoder import ClipEncoder, decode_for_clip
@@ -268,41 +269,46 @@ def bench_backends(arch: str, models: Path, files: list[Path], batch: int, dsn: 
     cache = models.parent / "cache"
     _register(dsn, shard, files, models.parent / "shards-backends", cache)
 
-    def stage(label: str) -> tuple[float, float]:
+    def stage(label: str, stored_vocabulary: bool) -> float:
+        """``embed_shard`` as a fresh Dagster step runs it: no per-process memo; the tag
+        vocabulary's vectors either already in ``prompt_vectors`` (any later step) or not (the
+        first step, and every step before that table existed)."""
         backend, _, precision = label.partition("-")
         provider = LocalClipEmbedding(clip_model=str(path), batch_size=batch, clip_backend=backend, clip_precision=precision)
-        embed._VOCABULARY_VECTORS.clear()
+        prompt_vectors.forget()
         with db.connect(dsn) as conn:
             conn.execute("DELETE FROM image_embeddings WHERE model = %s", (provider.model_id,))
             conn.execute("DELETE FROM image_tags WHERE model = %s", (provider.model_id,))
+            if not stored_vocabulary:
+                conn.execute("DELETE FROM prompt_vectors WHERE model = %s", (provider.model_id,))
+            else:
+                embed.vocabulary_vectors(conn, provider, embed.tags.load_vocabulary(provider.tag_vocabulary))
+                prompt_vectors.forget()
             t1 = time.perf_counter()
-            vocab = embed.vocabulary_vectors(provider, embed.tags.load_vocabulary(provider.tag_vocabulary))
-            t_vocab = time.perf_counter() - t1
             report = embed.embed_shard(conn, shard, provider, dsn=dsn, cache_dir=cache)
             assert report.counts["embedded"] == len(files) and report.backend == label, report.counts
-            del vocab
-            return time.perf_counter() - t1, t_vocab
+            return time.perf_counter() - t1
 
     chosen = auto.backend_label
-    stages: dict[str, list[tuple[float, float]]] = {"torch-fp32": [], chosen: []}
+    # today: torch fp32 embedding the vocabulary in every step, as the stage did before
+    # prompt_vectors; then both backends as steps run now (vocabulary stored)
+    plan = (("today", "torch-fp32", False), ("fp32", "torch-fp32", True), ("best", chosen, True))
+    stages: dict[str, list[float]] = {name: [] for name, _, _ in plan}
     for _ in range(repeats):  # interleaved, best of each
-        for label in stages:
-            stages[label].append(stage(label))
-    fp32_s, fp32_vocab = min(stages["torch-fp32"])
-    best_s, best_vocab = min(stages[chosen])
+        for name, label, stored_vocabulary in plan:
+            stages[name].append(stage(label, stored_vocabulary))
+    today_s, fp32_s, best_s = (min(stages[k]) for k in ("today", "fp32", "best"))
     model_only = rows[chosen]["model_only_images_per_s"]
     shutil.rmtree(path)
     return {
         "arch": arch, "images": len(files), "batch": batch, "auto_choice": chosen, "auto_seconds": round(auto_seconds, 1),
         "auto_measured": auto.backend_detail.get("measured"), "backends": rows,
+        "stage_today_fp32_images_per_s": round(len(files) / today_s, 2),
         "stage_fp32_images_per_s": round(len(files) / fp32_s, 2),
         "stage_best_images_per_s": round(len(files) / best_s, 2),
+        "stage_best_vs_stage_today": round(today_s / best_s, 2),
         "stage_best_vs_stage_fp32": round(fp32_s / best_s, 2),
         "stage_best_vs_model_only": round(len(files) / best_s / model_only, 3),
-        "stage_best_minus_vocab_vs_model_only": round(len(files) / (best_s - best_vocab) / model_only, 3),
-        "stage_fp32_minus_vocab_images_per_s": round(len(files) / (fp32_s - fp32_vocab), 2),
-        "stage_best_minus_vocab_vs_stage_fp32_minus_vocab": round((fp32_s - fp32_vocab) / (best_s - best_vocab), 2),
-        "vocab_seconds": {"torch-fp32": round(fp32_vocab, 2), chosen: round(best_vocab, 2)},
     }
 
 
@@ -371,10 +377,11 @@ def main() -> None:
                     continue
                 print(f"  {label:10s} model-only {row['model_only_images_per_s']:7.2f} img/s, cosine to fp32 "
                       f"{row['cosine_to_fp32']:.6f}")
-            print(f"ViT-B-32 stage: torch-fp32 {b['stage_fp32_images_per_s']:.2f} img/s, {b['auto_choice']} (auto) "
-                  f"{b['stage_best_images_per_s']:.2f} img/s = {b['stage_best_vs_stage_fp32']:.2f}x today's stage "
-                  f"(target >= 4x), {b['stage_best_vs_model_only']:.0%} of its model-only throughput (target >= 90%; "
-                  f"{b['stage_best_minus_vocab_vs_model_only']:.0%} without the per-run tag vocabulary)", flush=True)
+            print(f"ViT-B-32 stage: today's torch-fp32 {b['stage_today_fp32_images_per_s']:.2f} img/s, torch-fp32 "
+                  f"{b['stage_fp32_images_per_s']:.2f} img/s, {b['auto_choice']} (auto) {b['stage_best_images_per_s']:.2f} "
+                  f"img/s = {b['stage_best_vs_stage_today']:.2f}x today's stage (target >= 4x; "
+                  f"{b['stage_best_vs_stage_fp32']:.2f}x from the backend alone), "
+                  f"{b['stage_best_vs_model_only']:.0%} of its model-only throughput (target >= 90%)", flush=True)
         if not args.skip_writes:
             print(f"\nwrites: {args.rows:,} vectors of 768 dimensions", flush=True)
             results["writes"] = w = bench_writes(dsn, args.rows, args.batch)

@@ -18,6 +18,7 @@ OWNERS = {
     "embedding_queue": "assemblage_assets/embeddings/retry_queue.py",
     "embedding_usage_log": "assemblage_assets/embeddings/usage_log.py",
     "paid_call_intents": "assemblage_assets/embeddings/intents.py",
+    "prompt_vectors": "assemblage_assets/embeddings/prompt_vectors.py",
     "embedding_rate_limit": "assemblage_assets/embeddings/rate_limit.py",
     "embedding_provider_pause": "assemblage_assets/embeddings/rate_limit.py",
     "image_tags": "assemblage_assets/embeddings/tags.py",

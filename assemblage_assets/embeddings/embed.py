@@ -42,7 +42,7 @@ import psycopg
 
 from assemblage_assets.core import db
 from assemblage_assets.core.reports import Progress
-from assemblage_assets.embeddings import retry_queue, tags, vectors
+from assemblage_assets.embeddings import prompt_vectors, retry_queue, tags, usage_log, vectors
 from assemblage_assets.embeddings.candidates import candidates, count_candidates
 from assemblage_assets.embeddings.intents import PaidCallJournal
 from assemblage_assets.embeddings.outcomes import Deferred, EmbedReport, OutcomeRecorder
@@ -63,16 +63,21 @@ MAX_429_PER_IMAGE = 5
 _LOCK_NAMESPACE = 7_312_024  # first key of the two-int advisory locks claiming (image, model)
 
 
-_VOCABULARY_VECTORS: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+def vocabulary_vectors(conn: psycopg.Connection, provider: EmbeddingResource, vocab: Sequence[str],
+                       run_id: str | None = None) -> np.ndarray:
+    """Text vectors of the zero-shot prompts: stored once per model and backend
+    (``prompt_vectors``), so a step only embeds prompts no earlier step has; a paid provider's
+    tokens for them are logged like any other call."""
 
+    def embed(prompts: list[str]) -> np.ndarray:
+        found, usage = provider.embed_texts(prompts)
+        if usage is not None and provider.paid:
+            usage_log.log_usage(conn, [usage_log.UsageRow(provider.provider_name, provider.model_id, None, usage,
+                                                          purpose="text", run_id=run_id)])
+        return found
 
-def vocabulary_vectors(provider: EmbeddingResource, vocab: Sequence[str]) -> np.ndarray:
-    """Text vectors of the zero-shot prompts, once per process and model (the CLI runs many
-    shards in one process)."""
-    key = (provider.model_id, tuple(vocab))
-    if key not in _VOCABULARY_VECTORS:
-        _VOCABULARY_VECTORS[key] = provider.embed_texts([tags.PROMPT.format(t) for t in vocab])[0]
-    return _VOCABULARY_VECTORS[key]
+    prompts = [tags.PROMPT.format(t) for t in vocab]
+    return prompt_vectors.vectors_for(conn, provider.model_id, provider.vector_backend or "", prompts, embed)
 
 
 def embed_shard(
@@ -104,7 +109,7 @@ def embed_shard(
     report.counts["candidates"] = total
     if total:
         vocab = tags.load_vocabulary(provider.tag_vocabulary) if provider.zero_shot_tags else []
-        vocab_vectors = vocabulary_vectors(provider, vocab) if vocab else None
+        vocab_vectors = vocabulary_vectors(conn, provider, vocab, run_id) if vocab else None
         recorder = OutcomeRecorder(conn, shard, provider, report, run_id, vocab, vocab_vectors, dsn=dsn)
         items = candidates(conn, shard, provider, cache_dir, limit=limit)
         if provider.paid:

@@ -21,7 +21,7 @@ from assemblage_assets.core import db
 from assemblage_assets.embeddings import reembed, vectors
 from assemblage_assets.embeddings.embed import embed_shard
 from resources.embedding import LocalClipEmbedding, clip_auto, clip_encoder, clip_export
-from resources.embedding.clip_backends import Backend, TorchRunner, candidates, min_cosine
+from resources.embedding.clip_backends import MIN_COSINE, Backend, TorchRunner, candidates, min_cosine
 from resources.embedding.clip_encoder import ClipEncoder, load_clip
 from resources.embedding.clip_export import BackendVerificationError, ensure_onnx, sample_features
 from resources.embedding.types import ProviderConfigError
@@ -125,17 +125,33 @@ def test_a_failing_verification_reports_the_figure_and_caches_nothing(home: Path
 
 def test_int8_keeps_the_fp32_text_tower_when_only_texts_drift(home: Path, tiny: Path, calls: dict,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    ensure_onnx(load_clip(str(tiny)), str(tiny), "int8", 32)
-    info = clip_export.build_info(_build_dir(home, tiny, "int8"))
-    if info["text_precision"] != "int8" or info["image_cosine"] <= info["text_cosine"]:
-        pytest.skip("the tiny model's int8 texts are not the weaker tower here")
-    between = (info["image_cosine"] + info["text_cosine"]) / 2  # images pass, int8 texts do not
-    monkeypatch.setenv("ASSEMBLAGE_HOME", str(home / "between"))
-    build = ensure_onnx(load_clip(str(tiny)), str(tiny), "int8", 32, threshold=between)
+    build = ensure_onnx(load_clip(str(tiny)), str(tiny), "int8", 32)
     kept = clip_export.build_info(build)
+    between = MIN_COSINE
+    if kept["text_precision"] == "int8":  # the default threshold kept int8 texts: raise it between the towers
+        if kept["image_cosine"] <= kept["text_cosine"]:
+            pytest.skip("the tiny model's int8 texts are not the weaker tower here")
+        between = (kept["image_cosine"] + kept["text_cosine"]) / 2  # images pass, int8 texts do not
+        monkeypatch.setenv("ASSEMBLAGE_HOME", str(home / "between"))
+        build = ensure_onnx(load_clip(str(tiny)), str(tiny), "int8", 32, threshold=between)
+        kept = clip_export.build_info(build)
     assert kept["text_precision"] == "fp32" and kept["text_cosine_int8"] < between <= kept["text_cosine"]
     assert (build / "text.onnx").read_bytes() == (build.parent / "onnx-fp32" / "text.onnx").read_bytes()
-    assert {n.op_type for n in onnx.load(str(build / "vision.onnx")).graph.node} & {"MatMulInteger", "DynamicQuantizeLinear"}
+    ops = {n.op_type for n in onnx.load(str(build / "vision.onnx")).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear"} and "ConvInteger" not in ops  # the patch conv stays fp32
+
+
+def test_an_int8_build_of_an_older_recipe_is_rebuilt(home: Path, tiny: Path, calls: dict,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASSEMBLAGE_HOME", str(home / "recipe"))
+    build = ensure_onnx(load_clip(str(tiny)), str(tiny), "int8", 32)
+    assert calls == {"export": 1, "quantize": 1}
+    info = clip_export.build_info(build)
+    (build / "build.json").write_text(json.dumps({**info, "recipe": "dynamic-int8-all-ops-v1"}))
+    again = ensure_onnx(load_clip(str(tiny)), str(tiny), "int8", 32)
+    assert again == build and calls == {"export": 1, "quantize": 2}  # fp32 export reused, int8 redone
+    assert clip_export.build_info(again)["recipe"] == clip_export.QUANT_RECIPE
+    assert ensure_onnx(load_clip(str(tiny)), str(tiny), "int8", 32) == build and calls["quantize"] == 2
 
 
 def test_torch_bf16_autocast_runs_and_stays_close(tiny: Path) -> None:

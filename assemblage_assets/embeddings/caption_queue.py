@@ -1,6 +1,7 @@
 """Which images still need a caption of the active caption model, and the record of failed
 caption attempts (``caption_failures``, sql/0009): the one definition of "missing a caption"
-shared by the ``captions`` stage, its asset check and ``assemblage caption``.
+shared by the ``captions`` stage, its asset check, ``assemblage caption`` and
+``missing_captions_sensor``.
 
 An image is missing a caption for a model when one of its paths is derived at least
 (``processed``, ``uploaded`` or ``indexed``), ``images.caption`` is empty or from another model,
@@ -12,12 +13,14 @@ retry fails it is ``errored`` until ``assemblage caption --reset-errors``. A cap
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
-from assemblage_assets.constants import DERIVED_STATUSES, preview_key
+from assemblage_assets.constants import DERIVED_STATUSES, PUBLISHED_STATUSES, preview_key
 from resources.embedding.types import EmbedItem
 
 BACKOFF_MINUTES = (1, 2, 5)
@@ -52,6 +55,30 @@ def shards_missing_captions(conn: psycopg.Connection, model: str) -> list[str]:
         _params(model),
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def shards_missing_published_captions(
+    conn: psycopg.Connection, model: str, *, changed_since: datetime | None = None, among: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Shards with a published image (``uploaded``/``indexed``) missing a caption of ``model``, for
+    ``missing_captions_sensor``: ``shard``, ``missing`` (images) and ``changed`` (their paths' latest
+    update), which together say whether a run already saw this state. ``changed_since`` limits the
+    look to shards with paths updated after it or a failed caption whose retry fell due since;
+    ``among`` adds shards to look at (a backlog)."""
+    return conn.cursor(row_factory=dict_row).execute(
+        f"""WITH looked AS (
+                SELECT DISTINCT shard FROM processing_log
+                WHERE %(since)s::timestamptz IS NULL OR updated_at > %(since)s
+                UNION SELECT shard FROM caption_failures
+                WHERE %(since)s::timestamptz IS NOT NULL AND caption_model = %(model)s AND status = 'retry'
+                  AND next_attempt_at > %(since)s AND next_attempt_at <= now()
+                UNION SELECT unnest(%(among)s::text[]))
+            SELECT p.shard, count(DISTINCT p.image_id) AS missing, max(p.updated_at) AS changed
+            FROM processing_log p JOIN looked USING (shard) JOIN images i ON i.id = p.image_id
+            WHERE {MISSING_CAPTION}
+            GROUP BY p.shard ORDER BY p.shard""",
+        {**_params(model, since=changed_since, among=list(among)), "statuses": list(PUBLISHED_STATUSES)},
+    ).fetchall()
 
 
 def candidates(

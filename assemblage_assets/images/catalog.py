@@ -376,6 +376,18 @@ def record_places(
         )
 
 
+def record_hashes(conn: psycopg.Connection, hashes: Sequence[tuple[str, int, int, str]]) -> None:
+    """(image id, pHash, dHash, ThumbHash) backfilled for an image derived before those columns
+    (``images/hash_backfill.py``). A value already set stays: derive's own hashes win."""
+    if hashes:
+        hashes = sorted(hashes)  # one lock order for every writer (see record_derived)
+        conn.cursor().executemany(
+            """UPDATE images SET phash = COALESCE(phash, %s), dhash = COALESCE(dhash, %s),
+                      thumbhash = COALESCE(thumbhash, %s), updated_at = now() WHERE id = %s""",
+            [(phash, dhash, thumbhash, image_id) for image_id, phash, dhash, thumbhash in hashes],
+        )
+
+
 def note_errors(conn: psycopg.Connection, kind: str, notes: Sequence[tuple[str, str]]) -> None:
     """(image id, message): a later stage gave up on the image (``kind``, e.g. ``embedding``).
     The paths keep their status; ``error_kind``/``error_message`` say why."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from assemblage_assets.images import rescan, verification
+from assemblage_assets.images import hash_backfill, rescan, verification
 from assemblage_assets.images.scan import iter_shard_stats
 from assemblage_assets.images.shards import discover_shards, resolve_shard
 from resources.object_store import ObjectStore
@@ -31,7 +31,8 @@ def plan_ingest(
     conn: psycopg.Connection, images_dir: Path, shards: Iterable[str], store: ObjectStore
 ) -> Iterator[ShardPlan]:
     """Per shard: idle when the scan finds nothing new, changed or deleted, nothing waits for
-    derivatives or publishing, and the store was fully checked since the shard's last upload."""
+    derivatives or publishing, the store was fully checked since the shard's last upload, and no
+    image derived before perceptual hashes existed waits for them (``hash_backfill.has_work``)."""
     on_disk = {shard.key: shard for shard in discover_shards(images_dir)}  # once: resolve_shard walks the root
     for key in shards:
         shard = on_disk.get(key) or resolve_shard(images_dir, key)
@@ -40,6 +41,9 @@ def plan_ingest(
             yield ShardPlan(key, False, work.describe())
             continue
         state = verification.settlement(conn, key, store)
+        if state.settled and hash_backfill.has_work(conn, key):  # derived before hashes existed: duplicates fills them
+            yield ShardPlan(key, False, f"{work.describe()}; images without perceptual hashes or ThumbHash")
+            continue
         yield ShardPlan(key, state.settled, f"{work.describe()}; {state.reason}")
 
 

@@ -131,6 +131,11 @@ class ObjectStore(dg.ConfigurableResource):
     def head_size(self, visibility: Visibility, key: str) -> int | None:
         raise NotImplementedError
 
+    def read(self, visibility: Visibility, key: str, max_bytes: int = 16 * _MIB) -> bytes | None:
+        """The bytes of one stored object (a thumbnail to hash again), None when it is not there.
+        Raises ``ObjectStoreError`` for a failed read or an object over ``max_bytes``."""
+        raise NotImplementedError
+
     def url(self, visibility: Visibility, key: str) -> str:
         raise NotImplementedError
 

@@ -112,6 +112,20 @@ class LocalObjectStore(ObjectStore):
         except FileNotFoundError:
             return None
 
+    def read(self, visibility: Visibility, key: str, max_bytes: int = 16 * _MIB) -> bytes | None:
+        self._count("GetObject")
+        path = self._path(key)
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise PermanentObjectError("store-error", f"cannot read {key}: {exc}") from exc
+        if len(data) > max_bytes:
+            raise PermanentObjectError("too-large", f"{key} is over {max_bytes:,} bytes")
+        return data
+
     def existing(
         self, visibility: Visibility, keys: Collection[str], population: Mapping[str, int] | None = None
     ) -> dict[str, int]:

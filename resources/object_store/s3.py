@@ -342,6 +342,24 @@ class S3ObjectStore(ObjectStore):
         except Exception as exc:
             raise classify_error(exc, f"HEAD of {key}") from exc
 
+    def read(self, visibility: Visibility, key: str, max_bytes: int = 16 * _MIB) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            reply = self.client().get_object(Bucket=self.bucket_for(visibility), Key=key)
+            if int(reply.get("ContentLength") or 0) > max_bytes:
+                reply["Body"].close()
+                raise PermanentObjectError("too-large", f"{key} is over {max_bytes:,} bytes")
+            return reply["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise classify_error(exc, f"GET of {key}") from exc
+        except ObjectStoreError:
+            raise
+        except Exception as exc:
+            raise classify_error(exc, f"GET of {key}") from exc
+
     def url(self, visibility: Visibility, key: str) -> str:
         if visibility == "public" and self.public_base_url:
             return f"{self.public_base_url.rstrip('/')}/{key}"

@@ -252,6 +252,7 @@ def test_asset_in_the_ingest_job_with_its_check(assemblage_env: dict[str, str], 
     resources = {
         "database": PostgresResource(dsn=assemblage_env["DATABASE_URL"]),
         "library": ImageLibraryResource(images_dir=str(images), derivative_cache_dir=str(tmp_path / "cache"), derive_workers=1),
+        "object_store": LocalObjectStore(root=str(tmp_path / "objects")),
     }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(IMAGE_SHARDS, ["first"])

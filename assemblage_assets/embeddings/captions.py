@@ -10,6 +10,14 @@ full-text index (``catalog.record_captions``). Plain functions over a psycopg co
   (``embedding_usage_log``, purpose ``caption``) in the same transaction as the caption, so a
   stored caption always has its cost and a rerun never buys it again. When the caption cannot
   be written, the cost row is still written on its own.
+- Crash-proof: every paid request is journaled (``intents.PaidCallJournal``, request
+  ``caption``, under the caption model) before it is sent and settled in the transaction of its
+  cost row and caption. A run killed between an answer and its commit leaves the intent open:
+  Replicate's next attempt fetches the prediction by its stored id (no second create); OpenAI
+  has no id, so the open intent is logged as a billed, lost call (``ok = false``, estimated
+  price) and the image bought again: per kill at most the images submitted (``CONCURRENCY``
+  running, up to ``CONCURRENCY - 1`` more answered but not yet committed), never under-counted
+  (docs/reliability.md).
 - Faults are per image: a broken reply, 4xx/5xx, timeout or undecodable image is recorded in
   ``caption_failures`` (with its cost when billed) and retried after a backoff; the shard goes
   on. Only configuration errors (credentials, model cannot load) fail the run.
@@ -20,6 +28,7 @@ full-text index (``catalog.record_captions``). Plain functions over a psycopg co
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -32,12 +41,14 @@ import psycopg
 
 from assemblage_assets.core.batching import batched
 from assemblage_assets.core.reports import Progress, StageReport
-from assemblage_assets.embeddings import caption_queue, tags
+from assemblage_assets.embeddings import caption_queue, intents, tags
+from assemblage_assets.embeddings.intents import PaidCallJournal
 from assemblage_assets.embeddings.rate_limit import RateLimiter
 from assemblage_assets.embeddings.usage_log import UsageRow, log_usage
 from assemblage_assets.images import catalog
 from resources.caption import CaptionItem, CaptionOutcome, CaptionResource
-from resources.embedding.types import EmbeddingError, ProviderConfigError, RateLimitedError
+from resources.caption.base import CAPTION_REQUEST
+from resources.embedding.types import EmbeddingError, ProviderConfigError, RateLimitedError, Usage
 
 DEFAULT_MAX_WAIT_SECONDS = 90.0
 MAX_429_PER_IMAGE = 5
@@ -55,8 +66,8 @@ class CaptionReport(StageReport):
 
 
 class CaptionRecorder:
-    """Writes outcomes as they come: cost + caption + cleared failure in one transaction, then
-    tags (a bonus), then failures."""
+    """Writes outcomes as they come: cost + settled journal + caption + cleared failure in one
+    transaction, then tags (a bonus), then failures."""
 
     def __init__(self, conn: psycopg.Connection, shard: str, provider: CaptionResource, report: CaptionReport,
                  run_id: str | None) -> None:
@@ -69,13 +80,21 @@ class CaptionRecorder:
         failed = [o for o in outcomes if not o.ok]
         usage = [UsageRow(self.provider.provider_name, self.model, o.image_id, o.usage, purpose="caption", ok=o.ok,
                           run_id=self.run_id) for o in outcomes if o.usage is not None]
+        paid_ids = [o.image_id for o in outcomes if o.usage is not None]
+        provider = self.provider.provider_name
         try:
+            # a kill before this commit leaves the intents open: fetched by id or counted as lost
             with self.conn.transaction():
                 log_usage(self.conn, usage)
+                intents.settle(self.conn, provider, self.model, paid_ids)
                 catalog.record_captions(self.conn, [(o.caption or "", self.model, o.image_id) for o in ok])
                 caption_queue.record_success(self.conn, self.model, [o.image_id for o in ok])
+        except psycopg.OperationalError:
+            raise  # the database is gone: nothing was written, the intents stay open
         except psycopg.Error:
-            log_usage(self.conn, usage)  # what was paid stays on record even if the caption is lost
+            with self.conn.transaction():  # what was paid stays on record even if the caption is lost
+                log_usage(self.conn, usage)
+                intents.settle(self.conn, provider, self.model, paid_ids)
             raise
         by_image = {o.image_id: o.tags for o in ok if o.tags}
         if by_image:
@@ -206,7 +225,7 @@ def _paid_call(provider: CaptionResource, limiter: RateLimiter, saturated: threa
             limiter.pause(exc.retry_after if exc.retry_after is not None else reschedule_seconds, str(exc))
             if throttled >= MAX_429_PER_IMAGE:
                 saturated.set()
-        except ProviderConfigError:
+        except (ProviderConfigError, psycopg.Error):  # configuration, or the journal's database went away
             raise
         except EmbeddingError as exc:
             return CaptionOutcome(item.image_id, error_kind=exc.kind, error=str(exc), usage=exc.usage)
@@ -222,6 +241,10 @@ def _caption_paid(
     """Paid calls, ``CONCURRENCY`` at a time, each written the moment it returns."""
     limiter = RateLimiter(dsn, provider.provider_name, provider.max_calls_per_min, window_seconds=rate_window_seconds)
     claims = _Claims(dsn, recorder.model)
+    # Every paid request is journaled before it is sent (intents.py), under the caption model
+    journal = PaidCallJournal(dsn, provider.provider_name, recorder.model, recorder.run_id,
+                              Usage(units=1, unit="call", cost_usd=provider.estimate_cost_per_image()),
+                              purpose="caption")
     saturated = threading.Event()
     deferred: list[str] = []
     workers = max(1, provider.concurrency)
@@ -250,6 +273,9 @@ def _caption_paid(
                 recorder.report.counts["claimed_elsewhere"] += 1
                 continue
             recorder.paths[item.image_id] = item.path
+            if not provider.resumable_calls:  # requests of a killed run that cannot be fetched: billed, lost
+                journal.sweep(item.image_id, CAPTION_REQUEST)
+            item = dataclasses.replace(item, journal=journal)
             in_flight[pool.submit(_paid_call, provider, limiter, saturated, item, max_wait_seconds,
                                   reschedule_seconds)] = item
             drain(block_until=workers * 2 - 1)
@@ -265,4 +291,7 @@ def _caption_paid(
                     recorder.record([outcome])
         limiter.close()
         claims.close()
+        journal.close()
+        for key in ("resumed", "lost"):
+            recorder.report.counts[f"paid_calls_{key}"] += journal.counts[key]
         recorder.defer(deferred, f"rate limit: no {provider.provider_name} call slot; rescheduled", reschedule_seconds)

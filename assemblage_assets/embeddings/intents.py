@@ -11,6 +11,10 @@ loses a cost row.
   is counted as billed and lost (``sweep``: a cost row with ``ok = false`` at the estimated
   price) and the image is bought again. That is the bounded in-flight loss of a kill: at most
   ``CONCURRENCY`` images' requests, each logged.
+
+The embeddings stage journals under the embedding model, the captions stage (``captions.py``)
+under the caption model with request ``caption`` and cost rows of purpose ``caption``: the two
+never share an open request of one image.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ class PaidCallJournal:
     """``CallJournal`` of one run for one (provider, model), on its own autocommit connection
     shared by the worker threads (one lock): each write commits at once."""
 
-    def __init__(self, dsn: str, provider: str, model: str, run_id: str | None, lost_usage: Usage) -> None:
+    def __init__(self, dsn: str, provider: str, model: str, run_id: str | None, lost_usage: Usage,
+                 *, purpose: str = "image") -> None:
         self.dsn, self.provider, self.model, self.run_id = dsn, provider, model, run_id
         self.lost_usage = lost_usage  # what a call whose answer was never seen is assumed to cost
+        self.purpose = purpose  # of the cost rows of lost calls: image (vectors) or caption
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         self.counts = {"intents": 0, "resumed": 0, "lost": 0, "unbilled": 0}
@@ -115,8 +121,8 @@ class PaidCallJournal:
                             (intent_id, list(OPEN_STATES)),
                         ).fetchall()
                         if closed:
-                            log_usage(conn, [UsageRow(self.provider, self.model, image_id, usage, ok=False,
-                                                      run_id=self.run_id)])
+                            log_usage(conn, [UsageRow(self.provider, self.model, image_id, usage,
+                                                      purpose=self.purpose, ok=False, run_id=self.run_id)])
                     break
                 except psycopg.OperationalError:
                     self._conn = None

@@ -9,9 +9,12 @@ builds the configured subclass with ``from_env()``. One module per provider:
 - ``openai`` (``openai.py``): a vision model's caption and tags (the embedding route's request).
 - ``replicate`` (``replicate.py``): a captioning model on Replicate (``salesforce/blip``).
 
-Paid providers raise the typed errors of ``resources/embedding/types.py`` per call; the captions
-stage owns concurrency, the shared rate limit (the same counters as the provider's embeddings),
-failures and the cost log. A new provider is one module plus one entry in ``PROVIDERS``.
+Paid providers raise the typed errors of ``resources/embedding/types.py`` per call and journal
+each billable request through ``item.journal`` (issue 14's ``paid_call_intents``: Replicate
+resumes a killed run's prediction by id, OpenAI's open requests are logged as billed and lost);
+the captions stage owns concurrency, the shared rate limit (the same counters as the provider's
+embeddings), failures, the journal and the cost log. A new provider is one module plus one entry
+in ``PROVIDERS``.
 """
 
 from __future__ import annotations

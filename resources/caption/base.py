@@ -5,6 +5,12 @@ index). Inputs are the embedding stage's ``EmbedItem`` (source path, clean thumb
 thumbnail URL); errors are the typed errors of ``resources/embedding/types.py``, with the same
 meaning: ``ProviderConfigError`` fails the run, ``RateLimitedError`` waits, anything else is
 recorded for that image and the shard carries on.
+
+Paid providers journal each billable request in ``paid_call_intents`` (``item.journal``, set by
+the captions stage) under the request name ``caption`` and the caption model: an intent before it
+is sent, settled with its cost row and caption. ``resumable_calls`` says whether a killed run's
+request can be fetched again (Replicate, by prediction id) or is counted as billed and lost
+(OpenAI).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import dagster as dg
 from resources.embedding.types import EmbeddingError, EmbedItem, ProviderConfigError, RateLimitedError, Usage
 
 CaptionItem = EmbedItem  # the same forms of an image as the embedding providers get
+CAPTION_REQUEST = "caption"  # the request's name in the journal of paid calls
 
 
 @dataclass
@@ -56,6 +63,9 @@ class CaptionResource(dg.ConfigurableResource):
     kind: ClassVar[str] = ""  # Dagster kind shown on the captions asset
     paid: ClassVar[bool] = False
     enabled: ClassVar[bool] = True
+    # Whether an interrupted paid call's result can be fetched later (Replicate: by prediction
+    # id); otherwise the stage counts a killed run's open requests as billed and lost.
+    resumable_calls: ClassVar[bool] = False
 
     @classmethod
     def from_env(cls, common: dict[str, Any], secret: Callable[[str], Any]) -> CaptionResource:

@@ -2,9 +2,16 @@
 
 ``salesforce/blip`` (``task: image_captioning``) by default; ``REPLICATE_CAPTION_MODEL`` and
 ``REPLICATE_CAPTION_INPUT`` (extra input as JSON) choose another. Sends the published thumbnail's
-URL when ``IMAGE_BASE_URL`` is set, else uploads a clean JPEG (files API). Never the watermarked
-preview. The prediction is created with ``Prefer: wait`` and polled until it finishes or the
-timeout passes (then canceled). Cost from the prediction's ``predict_time``.
+URL when ``IMAGE_BASE_URL`` is set, else uploads a clean JPEG (files API, before the create, so
+the input is a URL that identifies the call). Never the watermarked preview. Cost from the
+prediction's ``predict_time``.
+
+Crash-proof like the embedding provider (``resources/embedding/replicate_calls.py``): the
+prediction is created without blocking, its intent (request ``caption``) committed to the journal
+of paid calls before the create and its id the moment the create answers, then polled. A run
+killed meanwhile leaves the id behind, and the next attempt fetches that prediction by id instead
+of creating another; past ``REPLICATE_TIMEOUT_SECONDS`` it is left running (never canceled) for
+the next attempt to fetch. The stage settles the intent with the caption and its cost row.
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -20,10 +26,18 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from assemblage_assets.core import settings
-from resources.caption.base import CaptionItem, CaptionOutcome, CaptionResource, clean_caption, public_thumbnail_url
+from resources.caption.base import (
+    CAPTION_REQUEST,
+    CaptionItem,
+    CaptionOutcome,
+    CaptionResource,
+    clean_caption,
+    public_thumbnail_url,
+)
 from resources.embedding.base import DEFAULT_PAID_CALLS_PER_MIN
-from resources.embedding.paid import DEFAULT_TIMEOUT_SECONDS, clean_jpeg, env_has, status_error
-from resources.embedding.replicate import _raise_on_429
+from resources.embedding.call_retry import DEFAULT_CALL_ATTEMPTS, DEFAULT_RETRY_BASE_SECONDS
+from resources.embedding.paid import DEFAULT_TIMEOUT_SECONDS, clean_jpeg
+from resources.embedding.replicate_calls import Predictions, make_client, prediction_usage
 from resources.embedding.types import (
     BadOutputError,
     ItemRejectedError,
@@ -68,11 +82,14 @@ class ReplicateCaptions(CaptionResource):
     price_per_second: float = 0.000225  # REPLICATE_CAPTION_PRICE_PER_SECOND (predict time)
     price_per_call: float = 0.00025  # REPLICATE_CAPTION_PRICE_PER_CALL (no metrics; estimates)
     max_calls_per_min: int = DEFAULT_PAID_CALLS_PER_MIN
+    call_attempts: int = DEFAULT_CALL_ATTEMPTS  # PAID_CALL_ATTEMPTS: tries per request (5xx, resets, bad replies)
+    retry_base_seconds: float = DEFAULT_RETRY_BASE_SECONDS  # PAID_RETRY_BASE_SECONDS
 
     provider_name: ClassVar[str] = "replicate"  # shares the replicate embedding provider's rate limit
     pool: ClassVar[str] = "replicate"
     kind: ClassVar[str] = "replicate"
     paid: ClassVar[bool] = True
+    resumable_calls: ClassVar[bool] = True
 
     _client: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
@@ -89,6 +106,8 @@ class ReplicateCaptions(CaptionResource):
             timeout_seconds=settings.env_float("REPLICATE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
             price_per_second=settings.env_float("REPLICATE_CAPTION_PRICE_PER_SECOND", 0.000225),
             price_per_call=settings.env_float("REPLICATE_CAPTION_PRICE_PER_CALL", 0.00025),
+            call_attempts=settings.env_int("PAID_CALL_ATTEMPTS", DEFAULT_CALL_ATTEMPTS),
+            retry_base_seconds=settings.env_float("PAID_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS),
             **common,
         )
 
@@ -115,83 +134,45 @@ class ReplicateCaptions(CaptionResource):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                import httpx
-                import replicate
-
-                if not self.api_token and not env_has("REPLICATE_API_TOKEN"):
-                    raise ProviderConfigError("REPLICATE_API_TOKEN is not set")
-                self._client = replicate.Client(
-                    api_token=self.api_token or None,
-                    base_url=self.base_url or None,
-                    timeout=httpx.Timeout(self.timeout_seconds, connect=min(10.0, self.timeout_seconds)),
-                    event_hooks={"response": [_raise_on_429]},  # 429 -> RateLimitedError with Retry-After
-                )
+                self._client = make_client(self.api_token, self.base_url, self.timeout_seconds)
             return self._client
 
-    def _predict(self, payload: dict[str, Any]) -> Any:
-        import httpx
-        from replicate.exceptions import ReplicateError
+    def _predictions(self) -> Predictions:
+        """Create, resume and poll predictions of ``caption_model``, journaled as ``caption``."""
+        return Predictions(self.client, self.caption_model, request=CAPTION_REQUEST,
+                           timeout_seconds=self.timeout_seconds, attempts=self.call_attempts,
+                           base_seconds=self.retry_base_seconds,
+                           lost_usage=Usage(units=1, unit="call", cost_usd=self.price_per_call))
 
-        client = self.client()
-        owner_name, _, version = self.caption_model.partition(":")
-        wait = max(1, min(60, int(self.timeout_seconds)))
-        deadline = time.monotonic() + self.timeout_seconds
-        prediction = None
-        try:
-            if version:
-                prediction = client.predictions.create(version=version, input=payload, wait=wait)
-            else:
-                owner, _, name = owner_name.partition("/")
-                prediction = client.models.predictions.create(model=(owner, name), input=payload, wait=wait)
-            while prediction.status not in ("succeeded", "failed", "canceled"):
-                if time.monotonic() >= deadline:
-                    raise TransientProviderError(
-                        f"replicate prediction {prediction.id} not done after {self.timeout_seconds:g}s", kind="timeout"
-                    )
-                time.sleep(min(client.poll_interval, max(0.05, deadline - time.monotonic())))
-                prediction.reload()
-        except TransientProviderError:
-            _cancel_quietly(prediction)
-            raise
-        except ReplicateError as exc:
-            raise status_error("replicate", exc.status or 500, exc.detail or exc.title or str(exc)) from None
-        except httpx.TimeoutException as exc:
-            _cancel_quietly(prediction)
-            raise TransientProviderError(f"replicate call timed out: {exc!r}", kind="timeout") from None
-        except httpx.TransportError as exc:
-            raise TransientProviderError(f"replicate unreachable: {type(exc).__name__}: {exc}", kind="network") from None
-        except (ValueError, TypeError) as exc:
-            raise TransientProviderError(f"replicate answered something unreadable: {exc}", kind="bad-response") from None
-        return prediction
+    def _image_input(self, item: CaptionItem, calls: Predictions) -> str:
+        """The published thumbnail's URL, else a clean JPEG uploaded through the files API (free,
+        so retried) before the create: the create's input is then a URL that identifies it."""
+        url = public_thumbnail_url(self.image_base_url, item)
+        if url is not None:
+            return url
+        data = io.BytesIO(clean_jpeg(item, min_side=BLIP_INPUT_SIDE))
+        data.name = f"{item.image_id}.jpg"  # the upload's file name and content type
 
-    def _usage(self, prediction: Any) -> Usage:
-        seconds = (prediction.metrics or {}).get("predict_time")
-        if isinstance(seconds, int | float) and seconds >= 0:
-            return Usage(units=float(seconds), unit="seconds", cost_usd=float(seconds) * self.price_per_second)
-        return Usage(units=1, unit="call", cost_usd=self.price_per_call)
+        def upload() -> Any:
+            data.seek(0)
+            return self.client().files.create(data)
+
+        return calls.retrying(upload).urls["get"]
 
     def caption_image(self, item: CaptionItem) -> CaptionOutcome:
-        value: Any = public_thumbnail_url(self.image_base_url, item)
-        if value is None:
-            value = io.BytesIO(clean_jpeg(item, min_side=BLIP_INPUT_SIDE))
-            value.name = f"{item.image_id}.jpg"  # the upload's file name and content type
-        prediction = self._predict({**self.input_template(), self.input_key: value})
-        usage = self._usage(prediction)
+        calls, journal = self._predictions(), item.journal
+        prediction = calls.resume(item.image_id, journal) if journal is not None else None
+        if prediction is None:
+            payload = {**self.input_template(), self.input_key: self._image_input(item, calls)}
+            prediction = calls.create(payload, item.image_id, journal)
+        prediction = calls.wait(prediction)
+        usage = prediction_usage(prediction, self.price_per_second, self.price_per_call)
         if prediction.status == "failed":
             raise ItemRejectedError(f"replicate prediction failed: {prediction.error}", kind="prediction-failed", usage=usage)
-        if prediction.status == "canceled":
-            raise TransientProviderError("replicate prediction was canceled", kind="canceled")
+        if prediction.status == "canceled":  # billed for the time it ran
+            raise TransientProviderError("replicate prediction was canceled", kind="canceled", usage=usage)
         try:
             return CaptionOutcome(item.image_id, caption=parse_caption(prediction.output), usage=usage)
         except BadOutputError as exc:
             exc.usage = usage  # billed: its cost is recorded with the failure
             raise
-
-
-def _cancel_quietly(prediction: Any) -> None:
-    if prediction is None:
-        return
-    try:
-        prediction.cancel()
-    except Exception:  # noqa: BLE001 - best effort: the call already failed
-        pass

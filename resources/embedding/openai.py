@@ -4,7 +4,6 @@ text-embedding model. The caption is stored too."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -12,7 +11,6 @@ import numpy as np
 
 from assemblage_assets.core import settings
 from resources.embedding import openai_vision
-from resources.embedding.call_retry import backoff
 from resources.embedding.openai_vision import CAPTION_INSTRUCTIONS, DEFAULT_OPENAI_VISION_MODEL
 from resources.embedding.paid import DEFAULT_TIMEOUT_SECONDS, PaidEmbedding, clean_jpeg_data_url
 from resources.embedding.types import (
@@ -21,15 +19,12 @@ from resources.embedding.types import (
     EmbedItem,
     EmbedOutcome,
     ProviderConfigError,
-    TransientProviderError,
     Usage,
     parse_embedding,
 )
 
 __all__ = ["CAPTION_INSTRUCTIONS", "DEFAULT_OPENAI_VISION_MODEL", "OpenAIEmbedding"]
 DEFAULT_OPENAI_EMBEDDING_MODEL = "text-embedding-3-small"
-# Failed tries that may still have been billed (the request was sent, no answer was seen).
-AMBIGUOUS_KINDS = frozenset({"timeout", "network", "bad-response"})
 OPENAI_EMBEDDING_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 
 
@@ -100,31 +95,13 @@ class OpenAIEmbedding(PaidEmbedding):
 
     def _call(self, fn: Any, *, item: EmbedItem | None = None, request: str = "", **kwargs: Any) -> Any:
         """One billable request, journaled (intent before it is sent) when ``item`` carries the
-        stage's journal, and tried again a few times on a 5xx, a reset or an unreadable reply.
-        A failed try whose request may have been billed (no answer seen: timeout, reset,
-        unreadable reply) is logged as a billed, lost call before the next try."""
-        journal = item.journal if item is not None else None
-        attempt = 1
-        while True:
-            intent = journal.intend(item.image_id, request) if journal is not None and item is not None else None
-            try:
-                # the intent stays open until the stage settles it with the cost row
-                return openai_vision.call(fn, self.timeout_seconds, **kwargs)
-            except TransientProviderError as exc:
-                ambiguous = exc.kind in AMBIGUOUS_KINDS
-                if intent is not None:
-                    if ambiguous:
-                        journal.lost(intent, self._lost_usage(), item.image_id)  # type: ignore[union-attr]
-                    else:
-                        journal.unbilled(intent)  # type: ignore[union-attr]
-                if attempt >= self.call_attempts or (ambiguous and journal is None):
-                    raise
-                time.sleep(backoff(attempt, self.retry_base_seconds))
-                attempt += 1
-            except EmbeddingError:
-                if intent is not None:
-                    journal.unbilled(intent)  # type: ignore[union-attr]
-                raise
+        stage's journal, and tried again a few times on a 5xx, a reset or an unreadable reply
+        (``openai_vision.journaled_send``)."""
+        send = openai_vision.journaled_send(
+            item.journal if item is not None else None, item.image_id if item is not None else None, request,
+            lost_usage=self._lost_usage(), attempts=self.call_attempts, base_seconds=self.retry_base_seconds,
+        )
+        return send(fn, self.timeout_seconds, **kwargs)
 
     def _lost_usage(self) -> Usage:
         return Usage(units=1, unit="call", cost_usd=self.estimate_cost_per_image())

@@ -2,17 +2,28 @@
 as JSON (a caption and tags), its error mapping and its cost. Used by the ``openai`` embedding
 provider (caption + tags, then a text embedding) and by the ``openai`` caption provider
 (``resources/caption/openai.py``), so a caption bought by either is the same text under the same
-model id (``openai:<vision model>``) and is never bought twice."""
+model id (``openai:<vision model>``) and is never bought twice.
+
+``journaled_send`` is how both send a billable request: its intent committed to the journal of
+paid calls before it goes out, retried within the call on a 5xx, a reset or an unreadable reply.
+OpenAI gives no id to fetch a lost answer by, so a try that may have been billed without its
+answer being seen is logged as a billed, lost call at once (and an intent a killed run left open
+is swept as lost by the stage): the cost log never under-counts."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from assemblage_assets.core.tags import normalize_tags
+from resources.embedding.call_retry import backoff
 from resources.embedding.paid import env_has, retry_after_seconds, status_error
 from resources.embedding.types import (
     BadOutputError,
+    CallJournal,
+    EmbeddingError,
     ProviderConfigError,
     RateLimitedError,
     TransientProviderError,
@@ -20,6 +31,8 @@ from resources.embedding.types import (
 )
 
 DEFAULT_OPENAI_VISION_MODEL = "gpt-5.4-mini"
+# Failed tries that may still have been billed (the request was sent, no answer was seen).
+AMBIGUOUS_KINDS = frozenset({"timeout", "network", "bad-response"})
 
 CAPTION_INSTRUCTIONS = (
     "Describe the photo for a search index. Answer with JSON only: "
@@ -62,6 +75,42 @@ def call(fn: Any, timeout_seconds: float, **kwargs: Any) -> Any:
         raise TransientProviderError(f"openai unreachable: {exc}", kind="connect" if never_sent else "network") from None
     except (ValueError, TypeError, KeyError) as exc:  # a reply that is not JSON: transient (issue 14, item 6)
         raise TransientProviderError(f"openai answered something unreadable: {exc}", kind="bad-response") from None
+
+
+def journaled_send(
+    journal: CallJournal | None, image_id: str | None, request: str, *, lost_usage: Usage, attempts: int,
+    base_seconds: float,
+) -> Callable[..., Any]:
+    """A ``send`` (same signature as ``call``) for one image's billable request named ``request``:
+    an intent committed before each try (when ``journal`` is set), tried up to ``attempts`` times
+    on a transient failure. A try that may have been billed (no answer seen: timeout, reset,
+    unreadable reply) is logged as lost at ``lost_usage`` before the next; a refused one
+    (5xx/429/4xx reply, no connection) is unbilled. An answered request's intent stays open until
+    the stage settles it with its cost row."""
+
+    def send(fn: Any, timeout_seconds: float, **kwargs: Any) -> Any:
+        attempt = 1
+        while True:
+            intent = journal.intend(image_id, request) if journal is not None and image_id else None
+            try:
+                return call(fn, timeout_seconds, **kwargs)
+            except TransientProviderError as exc:
+                ambiguous = exc.kind in AMBIGUOUS_KINDS
+                if intent is not None:
+                    if ambiguous:
+                        journal.lost(intent, lost_usage, image_id)  # type: ignore[union-attr, arg-type]
+                    else:
+                        journal.unbilled(intent)  # type: ignore[union-attr]
+                if attempt >= max(1, attempts) or (ambiguous and intent is None):
+                    raise  # without a journal an ambiguous try is not repeated: it may have been billed
+                time.sleep(backoff(attempt, base_seconds))
+                attempt += 1
+            except EmbeddingError:
+                if intent is not None:
+                    journal.unbilled(intent)  # type: ignore[union-attr]
+                raise
+
+    return send
 
 
 def chat_usage(response: Any, price_input_per_mtok: float, price_output_per_mtok: float) -> Usage:

@@ -185,7 +185,7 @@ def chat_reply(content: str, prompt: int = 850, completion: int = 40) -> Reply:
 def test_openai_captions_are_stored_searchable_costed_and_never_bought_twice(pg_dsn: str, tree) -> None:
     _, cache = tree
     with FakeOpenAI() as fake:
-        provider = openai_captions(fake)
+        provider = openai_captions(fake, call_attempts=1)  # one try per request: the 500 is recorded
         # one broken reply (billed, unusable), one server error (not billed), the rest fine
         fake.script("POST", "/v1/chat/completions", chat_reply('{"caption": "", "tags": []}'),
                     Reply(500, {"error": {"message": "boom", "type": "server_error"}}))

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from assemblage_assets.core.imaging import ORIENTATION_FIX, orientation, to_display_mode
+from resources.embedding.clip_pixels import PixelPreprocess
 from resources.embedding.types import EmbedItem, EmbedOutcome, ProviderConfigError
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,7 @@ class ClipEncoder:
             raise ProviderConfigError("the CLIP model does not report its embedding dimension")
         self.dim = int(dim)
         self.runner = runner if runner is not None else TorchRunner(model)
+        self._pixels = PixelPreprocess.for_model(model, self.min_side)
         self.backend_detail = backend_detail or {"choice": self.runner.backend.label}
 
     @classmethod
@@ -246,8 +248,15 @@ class ClipEncoder:
 
     # ---------------------------------------------------------------- model steps
 
-    def preprocess(self, images: Sequence[Image.Image | str]) -> dict[str, Any]:
-        return self.model.preprocess(list(images))
+    def preprocess(self, inputs: Sequence[Image.Image | str]) -> dict[str, Any]:
+        """Model features for images or texts; images decoded at the input size take the
+        batched fast path (``clip_pixels``), anything else the model's own processor."""
+        inputs = list(inputs)
+        if self._pixels is not None and inputs and all(isinstance(x, Image.Image) for x in inputs):
+            fast = self._pixels(inputs)  # type: ignore[arg-type]
+            if fast is not None:
+                return fast
+        return self.model.preprocess(inputs)
 
     def forward(self, features: dict[str, Any]) -> np.ndarray:
         """Normalized float32 vectors for preprocessed features, through the chosen backend."""

@@ -30,7 +30,7 @@ def collect_status(shard: str | None = None, failure_limit: int = 50) -> dict[st
 
 def embedding_status(conn: Any) -> dict[str, Any]:
     """The embedding part of ``assemblage status``."""
-    from assemblage_assets.embeddings import retry_queue, vectors
+    from assemblage_assets.embeddings import intents, retry_queue, vectors
     from assemblage_assets.embeddings.candidates import count_candidates
     from assemblage_assets.embeddings.search import stored_models
     from assemblage_assets.embeddings.usage_log import cost_summary
@@ -49,6 +49,7 @@ def embedding_status(conn: Any) -> dict[str, Any]:
         "queue": retry_queue.queue_counts(conn, active),
         "errored": retry_queue.errored(conn, active, 10),
         "cost": cost_summary(conn),
+        "paid_calls": intents.journal_summary(conn),
     }
 
 
@@ -118,6 +119,20 @@ def print_embedding_status(st: dict[str, Any] | None) -> None:
         print(f"    owner {row['owner'] or '(none)'}: {row['calls']} call(s), ${row['cost_usd']:.4f}")
     for row in cost["recent_runs"]:
         print(f"    run {row['run_id'][:8]}: {row['calls']} call(s), ${row['cost_usd']:.4f} ({row['model']})")
+    print_paid_calls(st.get("paid_calls") or [])
+
+
+def print_paid_calls(rows: list[dict[str, Any]]) -> None:
+    """Paid requests a killed run left open, and those billed whose result was lost."""
+    for row in rows:
+        open_calls = row["intent"] + row["created"]
+        parts = []
+        if open_calls:
+            parts.append(f"{open_calls} open since {row['oldest_open']:%Y-%m-%d %H:%M} ({row['created']} with a "
+                         "provider id: fetched by the next run of their shard, the rest counted as lost then)")
+        if row["lost"]:
+            parts.append(f"{row['lost']} billed and lost (logged with ok = false)")
+        print(f"  paid {row['request']} requests, {row['provider']} {row['model']}: " + "; ".join(parts))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -157,3 +157,19 @@ def settle(conn: psycopg.Connection, provider: str, model: str, image_ids: Seque
     )
     return cur.rowcount
 
+
+
+def journal_summary(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Open and lost paid requests per (provider, model, request), for ``assemblage status``:
+    open ones are resumed (or counted as lost) by the next run of their image's shard; lost ones
+    were billed and their result is gone (each has an ``ok = false`` cost row)."""
+    return conn.execute(
+        """SELECT provider, model, request,
+                  count(*) FILTER (WHERE state = 'intent')::int AS intent,
+                  count(*) FILTER (WHERE state = 'created')::int AS created,
+                  count(*) FILTER (WHERE state = 'lost')::int AS lost,
+                  min(created_at) FILTER (WHERE state = ANY(%s)) AS oldest_open
+           FROM paid_call_intents WHERE state = ANY(%s)
+           GROUP BY provider, model, request ORDER BY provider, model, request""",
+        (list(OPEN_STATES), [*OPEN_STATES, "lost"]),
+    ).fetchall()

@@ -77,3 +77,33 @@ def test_an_entry_that_knows_its_owner_wins_over_the_shard_default(pg_dsn: str, 
         catalog.record_scanned(conn, "uploads", [(e, probe_file(e.path, e.size or 0, 10**8)) for e in entries],
                                owner="team-default")
     assert sorted(r["owner"] for r in query(pg_dsn, "SELECT owner FROM images")) == ["team-default", "user-7"]
+
+
+def test_status_shows_open_and_lost_paid_requests(
+    assemblage_env: dict[str, str], pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a killed run leaves in the journal is visible in ``assemblage status``."""
+    from assemblage_assets.cli.status import print_paid_calls
+    from assemblage_assets.embeddings.intents import PaidCallJournal
+    from resources.embedding.types import Usage
+
+    images = write_tree(tmp_path / "images", {"a": ["orange", "blue", "green"]})
+    with db.connect(pg_dsn) as conn:
+        (shard,) = discover_shards(images)
+        scan_shard(conn, shard, max_pixels=10**8, owner=None)
+    ids = [r["id"] for r in query(pg_dsn, "SELECT id::text AS id FROM images ORDER BY id")]
+    journal = PaidCallJournal(pg_dsn, "replicate", "clip@v1", "run-killed", Usage(units=1, unit="call", cost_usd=0.01))
+    try:
+        journal.intend(ids[0], "prediction")  # sent, never answered
+        journal.created(journal.intend(ids[1], "prediction"), "pred-123")  # accepted: fetchable by id
+        journal.lost(journal.intend(ids[2], "prediction"), Usage(units=1, unit="call", cost_usd=0.01), ids[2])
+    finally:
+        journal.close()
+    (row,) = collect_status()["embeddings"]["paid_calls"]
+    assert (row["provider"], row["model"], row["request"]) == ("replicate", "clip@v1", "prediction")
+    assert (row["intent"], row["created"], row["lost"]) == (1, 1, 1)
+    print_paid_calls([row])
+    out = capsys.readouterr().out
+    assert "2 open since" in out and "1 with a provider id" in out and "1 billed and lost" in out
+    lost_rows = query(pg_dsn, "SELECT ok FROM embedding_usage_log WHERE image_id = %s", ids[2])
+    assert [r["ok"] for r in lost_rows] == [False]

@@ -10,7 +10,8 @@ loses a cost row.
   finds open: Replicate fetches the prediction by its id; a request with no id to fetch (OpenAI)
   is counted as billed and lost (``sweep``: a cost row with ``ok = false`` at the estimated
   price) and the image is bought again. That is the bounded in-flight loss of a kill: at most
-  ``CONCURRENCY`` images' requests, each logged.
+  the images the stage had submitted (``CONCURRENCY`` running, up to ``CONCURRENCY - 1``
+  answered but not yet committed), each request logged.
 
 The embeddings stage journals under the embedding model, the captions stage (``captions.py``)
 under the caption model with request ``caption`` and cost rows of purpose ``caption``: the two

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg.rows import dict_row
 
+from assemblage_assets.core import db
 from assemblage_assets.core.batching import batched
 from assemblage_assets.core.reports import Progress, StageReport
 from assemblage_assets.embeddings import caption_queue, intents, tags
@@ -70,8 +72,9 @@ class CaptionRecorder:
     transaction, then tags (a bonus), then failures."""
 
     def __init__(self, conn: psycopg.Connection, shard: str, provider: CaptionResource, report: CaptionReport,
-                 run_id: str | None) -> None:
+                 run_id: str | None, *, dsn: str = "") -> None:
         self.conn, self.shard, self.provider, self.report, self.run_id = conn, shard, provider, report, run_id
+        self.dsn = dsn  # to reconnect: captions held in memory are written after a database restart
         self.model = provider.model_id
         self.paths: dict[str, str] = {}
 
@@ -81,6 +84,19 @@ class CaptionRecorder:
         usage = [UsageRow(self.provider.provider_name, self.model, o.image_id, o.usage, purpose="caption", ok=o.ok,
                           run_id=self.run_id) for o in outcomes if o.usage is not None]
         paid_ids = [o.image_id for o in outcomes if o.usage is not None]
+        try:
+            self._write(usage, paid_ids, ok)
+        except psycopg.OperationalError:
+            if not self.dsn:
+                raise
+            # The database went away (a crash, a restart): reconnect (db.open_connection brings a
+            # dead embedded server back) and write what was paid for, rather than buy it again.
+            self.report.counts["reconnects"] += 1
+            self.conn = db.open_connection(self.dsn, row_factory=dict_row, autocommit=True)
+            self._write(usage, paid_ids, ok)
+        self._after_write(ok, failed, outcomes)
+
+    def _write(self, usage: list[UsageRow], paid_ids: list[str], ok: list[CaptionOutcome]) -> None:
         provider = self.provider.provider_name
         try:
             # a kill before this commit leaves the intents open: fetched by id or counted as lost
@@ -96,6 +112,9 @@ class CaptionRecorder:
                 log_usage(self.conn, usage)
                 intents.settle(self.conn, provider, self.model, paid_ids)
             raise
+
+    def _after_write(self, ok: list[CaptionOutcome], failed: list[CaptionOutcome],
+                     outcomes: Sequence[CaptionOutcome]) -> None:
         by_image = {o.image_id: o.tags for o in ok if o.tags}
         if by_image:
             try:
@@ -150,7 +169,7 @@ def caption_shard(
     total = min(total, limit) if limit else total
     report.counts["candidates"] = total
     if total:
-        recorder = CaptionRecorder(conn, shard, provider, report, run_id)
+        recorder = CaptionRecorder(conn, shard, provider, report, run_id, dsn=dsn)
         items = caption_queue.candidates(conn, shard, report.model, cache_dir, limit=limit)
         ticker = _Ticker(provider, shard, total, started, progress)
         if provider.paid:

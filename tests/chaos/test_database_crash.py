@@ -118,3 +118,59 @@ def test_a_connection_to_a_dead_embedded_server_brings_it_back(own_server: tuple
         t.join(120)
     assert results == [2, 2]  # committed rows survived the crash (WAL replay)
     assert postmaster_pid(pgdata) != pid and db._postmaster_alive(pgdata)
+
+
+def test_a_postgres_crash_during_paid_captions_loses_no_caption_and_buys_none_twice(
+    own_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The captions stage reconnects as the embeddings stage does (held captions are written
+    after the restart; in a trial 7 of 7 bought were settled when the step failed, 3 of 5
+    without the reconnect), and the step's retry buys nothing again."""
+    from assemblage_assets.embeddings.captions import caption_shard
+    from resources.caption import ReplicateCaptions
+
+    dsn, pgdata = own_server
+    images = write_tree(tmp_path / "images", {"crash": ["orange", "blue", "green", "white"] * (IMAGES // 4)})
+    cache = tmp_path / "cache"
+    ingest(dsn, images, cache)
+    killed: list[int] = []
+    with FakeReplicate() as fake:
+        fake.output_for = lambda seen: "a small car parked on a quiet street"
+        create = fake.routes[("POST", "/v1/predictions")]
+
+        def create_then_crash(seen: Seen) -> Reply:
+            reply = create(seen)
+            if fake.created == 5 and not killed:
+                killed.append(postmaster_pid(pgdata))
+                os.kill(killed[0], signal.SIGKILL)
+            return reply
+
+        fake.routes[("POST", "/v1/predictions")] = create_then_crash
+        provider = ReplicateCaptions(api_token="r8", base_url=fake.url, max_calls_per_min=0, concurrency=2,
+                                     timeout_seconds=20.0, retry_base_seconds=0.02)
+        resource = PostgresResource(dsn=dsn)
+
+        def step() -> object:
+            with resource.connect() as conn:
+                return caption_shard(conn, "crash", provider, dsn=resource.get_dsn(), cache_dir=cache, run_id="crash")
+
+        with pytest.raises(psycopg.OperationalError):  # the step fails once, promptly ...
+            step()
+        assert killed and db._postmaster_alive(pgdata) and postmaster_pid(pgdata) != killed[0]
+        # ... having written, after reconnecting, the captions it held: every prediction bought so
+        # far is settled with its cost row and caption, or open with its id for the retry to fetch
+        settled = query(dsn, "SELECT count(*) AS n FROM paid_call_intents WHERE state = 'settled'")[0]["n"]
+        open_ids = query(dsn, "SELECT count(*) AS n FROM paid_call_intents WHERE state IN ('intent', 'created')")[0]["n"]
+        print(f"\ncaptions: postgres killed after 5 predictions, {fake.created} bought when the step failed: "
+              f"{settled} settled, {open_ids} open for the retry")
+        assert settled + open_ids >= fake.created and settled >= 5 - provider.concurrency
+        assert query(dsn, "SELECT count(*) AS n FROM images WHERE caption IS NOT NULL")[0]["n"] == settled
+        report = step()  # the step's retry, in the same process
+        billed = fake.created
+    assert report.counts["failed"] == 0
+    rows = query(dsn, "SELECT count(*) AS n FROM images WHERE caption = 'a small car parked on a quiet street'")
+    assert rows[0]["n"] == IMAGES
+    assert billed == IMAGES  # nothing bought twice
+    costs = query(dsn, "SELECT count(*) AS n FROM embedding_usage_log WHERE purpose = 'caption'")[0]["n"]
+    assert costs == billed
+    assert query(dsn, "SELECT count(*) AS n FROM paid_call_intents WHERE state <> 'settled'")[0]["n"] == 0

@@ -57,6 +57,30 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
+def _window(cursor: dict[str, Any], model: str, now: datetime) -> tuple[bool, datetime | None, list[str]]:
+    """(full scan?, look at rows changed since, backlog) for a tick: a full look when the model
+    changed, on the first tick, once per ``FULL_SCAN_SECONDS`` or after a backlog overflow."""
+    since = _parse_time(cursor.get("since"))
+    full_scan_at = _parse_time(cursor.get("full_scan_at"))
+    full = bool(
+        cursor.get("model") != model or since is None or full_scan_at is None
+        or (now - full_scan_at).total_seconds() >= FULL_SCAN_SECONDS or cursor.get("overflow")
+    )
+    if full or since is None:
+        return True, None, []
+    return False, since - timedelta(seconds=OVERLAP_SECONDS), list(cursor.get("backlog") or [])
+
+
+def _next_cursor(cursor: dict[str, Any], model: str, now: datetime, full: bool, left: list[str]) -> str:
+    return json.dumps({
+        "model": model,
+        "since": now.isoformat(),
+        "full_scan_at": now.isoformat() if full else cursor.get("full_scan_at"),
+        "backlog": left[:MAX_BACKLOG],
+        "overflow": len(left) > MAX_BACKLOG,
+    })
+
+
 def evaluate(
     instance: dg.DagsterInstance, conn: psycopg.Connection, model: str, raw_cursor: str | None,
     *, max_runs: int = MAX_RUNS_PER_TICK,
@@ -64,16 +88,8 @@ def evaluate(
     """One tick: (run requests, new cursor, summary). Separate from the decorator for the CLI and tests."""
     cursor = _load_cursor(raw_cursor)
     now = catalog.database_now(conn)
-    since = _parse_time(cursor.get("since"))
-    full_scan_at = _parse_time(cursor.get("full_scan_at"))
-    full = (
-        cursor.get("model") != model or since is None or full_scan_at is None
-        or (now - full_scan_at).total_seconds() >= FULL_SCAN_SECONDS or cursor.get("overflow")
-    )
-    backlog = [] if full else list(cursor.get("backlog") or [])
-    missing = shards_missing_embeddings(
-        conn, model, changed_since=None if full else since - timedelta(seconds=OVERLAP_SECONDS), among=backlog
-    )
+    full, changed_since, backlog = _window(cursor, model, now)
+    missing = shards_missing_embeddings(conn, model, changed_since=changed_since, among=backlog)
     registered = set(instance.get_dynamic_partitions(IMAGE_SHARDS))
     busy = embedding_runs_in_flight(instance)
     wanted = [s for s in missing if s in registered]
@@ -88,19 +104,13 @@ def evaluate(
         )
         for shard in to_run
     ]
-    new_cursor = {
-        "model": model,
-        "since": now.isoformat(),
-        "full_scan_at": now.isoformat() if full else cursor.get("full_scan_at"),
-        "backlog": left[:MAX_BACKLOG],
-        "overflow": len(left) > MAX_BACKLOG,
-    }
+    new_cursor = _next_cursor(cursor, model, now, full, left)
     summary = (
         f"{'full' if full else 'incremental'} scan for {model}: {len(missing)} shard(s) missing vectors, "
         f"{len(to_run)} requested, {len([s for s in wanted if s in busy])} already queued or running, "
         f"{len(left)} left for later"
     )
-    return requests, json.dumps(new_cursor), summary
+    return requests, new_cursor, summary
 
 
 @dg.sensor(
@@ -153,23 +163,15 @@ def evaluate_captions(
     """One tick of ``missing_captions_sensor``: (run requests, new cursor, summary)."""
     cursor = _load_cursor(raw_cursor)
     now = catalog.database_now(conn)
-    since = _parse_time(cursor.get("since"))
-    full_scan_at = _parse_time(cursor.get("full_scan_at"))
-    full = (
-        cursor.get("model") != model or since is None or full_scan_at is None
-        or (now - full_scan_at).total_seconds() >= FULL_SCAN_SECONDS or cursor.get("overflow")
-    )
-    backlog = [] if full else list(cursor.get("backlog") or [])
-    missing = shards_missing_published_captions(
-        conn, model, changed_since=None if full else since - timedelta(seconds=OVERLAP_SECONDS), among=backlog
-    )
+    full, changed_since, backlog = _window(cursor, model, now)
+    missing = shards_missing_published_captions(conn, model, changed_since=changed_since, among=backlog)
     registered = set(instance.get_dynamic_partitions(IMAGE_SHARDS))
     busy = caption_runs_in_flight(instance)
     wanted = [r for r in missing if r["shard"] in registered]
     to_run = [r for r in wanted if r["shard"] not in busy][:max_runs]
     requested = {r["shard"] for r in to_run}
     left = [r["shard"] for r in wanted if r["shard"] not in requested]
-    scan_period = (now if full else full_scan_at).astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    scan_period = (now if full else _parse_time(cursor.get("full_scan_at"))).astimezone(UTC).strftime("%Y%m%dT%H%M%S")
     requests = [
         dg.RunRequest(
             partition_key=row["shard"],
@@ -178,19 +180,13 @@ def evaluate_captions(
         )
         for row in to_run
     ]
-    new_cursor = {
-        "model": model,
-        "since": now.isoformat(),
-        "full_scan_at": now.isoformat() if full else cursor.get("full_scan_at"),
-        "backlog": left[:MAX_BACKLOG],
-        "overflow": len(left) > MAX_BACKLOG,
-    }
+    new_cursor = _next_cursor(cursor, model, now, full, left)
     summary = (
         f"{'full' if full else 'incremental'} scan for caption model {model}: {len(missing)} shard(s) with "
         f"published images missing captions ({sum(r['missing'] for r in missing)} images), {len(to_run)} requested, "
         f"{len([r for r in wanted if r['shard'] in busy])} already queued or running, {len(left)} left for later"
     )
-    return requests, json.dumps(new_cursor), summary
+    return requests, new_cursor, summary
 
 
 @dg.sensor(

@@ -43,6 +43,23 @@ def postmaster_pid(pgdata: Path) -> int:
     return int((pgdata / "postmaster.pid").read_text().splitlines()[0])
 
 
+def crash_postgres_after(fake: FakeReplicate, pgdata: Path, predictions: int) -> list[int]:
+    """SIGKILL the postmaster once the stand-in has created ``predictions`` predictions (that
+    one is bought, then Postgres dies); returns the killed pid, once it happened."""
+    killed: list[int] = []
+    create = fake.routes[("POST", "/v1/predictions")]
+
+    def create_then_crash(seen: Seen) -> Reply:
+        reply = create(seen)
+        if fake.created == predictions and not killed:
+            killed.append(postmaster_pid(pgdata))
+            os.kill(killed[0], signal.SIGKILL)
+        return reply
+
+    fake.routes[("POST", "/v1/predictions")] = create_then_crash
+    return killed
+
+
 def test_a_killed_postmaster_is_restarted_by_the_running_process_and_the_shard_completes(
     own_server: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -51,19 +68,8 @@ def test_a_killed_postmaster_is_restarted_by_the_running_process_and_the_shard_c
     cache = tmp_path / "cache"
     ingest(dsn, images, cache)
     assert len(image_ids(dsn, "crash")) == IMAGES
-    killed: list[int] = []
-
     with FakeReplicate() as fake:
-        create = fake.routes[("POST", "/v1/predictions")]
-
-        def create_then_crash(seen: Seen) -> Reply:
-            reply = create(seen)
-            if fake.created == 5 and not killed:  # the 5th prediction is bought, then Postgres dies
-                killed.append(postmaster_pid(pgdata))
-                os.kill(killed[0], signal.SIGKILL)
-            return reply
-
-        fake.routes[("POST", "/v1/predictions")] = create_then_crash
+        killed = crash_postgres_after(fake, pgdata, 5)
         provider = ReplicateEmbedding(api_token="r8", base_url=fake.url, max_calls_per_min=0, concurrency=2,
                                       timeout_seconds=20.0, retry_base_seconds=0.02)
         resource = PostgresResource(dsn=dsn)  # its DSN is cached, as in a run
@@ -133,19 +139,9 @@ def test_a_postgres_crash_during_paid_captions_loses_no_caption_and_buys_none_tw
     images = write_tree(tmp_path / "images", {"crash": ["orange", "blue", "green", "white"] * (IMAGES // 4)})
     cache = tmp_path / "cache"
     ingest(dsn, images, cache)
-    killed: list[int] = []
     with FakeReplicate() as fake:
         fake.output_for = lambda seen: "a small car parked on a quiet street"
-        create = fake.routes[("POST", "/v1/predictions")]
-
-        def create_then_crash(seen: Seen) -> Reply:
-            reply = create(seen)
-            if fake.created == 5 and not killed:
-                killed.append(postmaster_pid(pgdata))
-                os.kill(killed[0], signal.SIGKILL)
-            return reply
-
-        fake.routes[("POST", "/v1/predictions")] = create_then_crash
+        killed = crash_postgres_after(fake, pgdata, 5)
         provider = ReplicateCaptions(api_token="r8", base_url=fake.url, max_calls_per_min=0, concurrency=2,
                                      timeout_seconds=20.0, retry_base_seconds=0.02)
         resource = PostgresResource(dsn=dsn)

@@ -9,24 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.chaos import FaultyReplicate, finish, kill_rounds, start_embed
-from support.embed_support import FakeOpenAI, FakeReplicate, image_ids, ingest, query, write_tree
+from support.chaos import FaultyReplicate, finish, kill_rounds, start_embed, trial_shard
+from support.embed_support import FakeOpenAI, FakeReplicate, query
 
 from assemblage_assets.core import db
 from assemblage_assets.embeddings.embed import embed_shard
 from resources.embedding import ReplicateEmbedding
 
-COLOURS = ["orange", "blue", "green", "white"]
 IMAGES = 24
 
 
 @pytest.fixture
 def shard(tmp_path: Path, pg_dsn: str) -> tuple[str, Path]:
-    images = write_tree(tmp_path / "images", {"trial": [COLOURS[i % 4] for i in range(IMAGES)]})
-    cache = tmp_path / "cache"
-    ingest(pg_dsn, images, cache)
-    assert len(image_ids(pg_dsn, "trial")) == IMAGES
-    return "trial", cache
+    return trial_shard(pg_dsn, tmp_path, IMAGES)
 
 
 def replicate_options(fake: FakeReplicate, **kw: object) -> dict[str, object]:

@@ -7,21 +7,17 @@ flight at each kill (OpenAI: no id to fetch), and its cost log matches what the 
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.chaos import finish, kill_rounds
-from support.embed_support import FakeOpenAI, FakeReplicate, Reply, image_ids, ingest, query, write_tree
+from support.chaos import finish, kill_rounds, start_stage, trial_shard
+from support.embed_support import FakeOpenAI, FakeReplicate, Reply, image_ids, query
 
 from assemblage_assets.embeddings.intents import PaidCallJournal
 from resources.embedding.types import Usage
 
-COLOURS = ["orange", "blue", "green", "white"]
 IMAGES = 16
 CONCURRENCY = 4
 # The stage keeps up to 2 x CONCURRENCY - 1 images submitted: CONCURRENCY requests running, the
@@ -30,39 +26,13 @@ CONCURRENCY = 4
 IN_FLIGHT = 2 * CONCURRENCY - 1
 REPLICATE_MODEL = "salesforce/blip:2e1d"
 
-# The child: one captions run of a shard with a paid caption provider pointed at the stand-in;
-# prints its report's counts as JSON when it finishes (it often does not: it is killed).
-CAPTION_CHILD = """
-import json, sys
-from pathlib import Path
-from assemblage_assets.core import db
-from assemblage_assets.embeddings.captions import caption_shard
-from resources.caption import OpenAICaptions, ReplicateCaptions
-
-dsn, shard, cache, kind, options, run_id = sys.argv[1:7]
-cls = {"replicate": ReplicateCaptions, "openai": OpenAICaptions}[kind]
-provider = cls(**json.loads(options))
-with db.connect(dsn) as conn:
-    report = caption_shard(conn, shard, provider, dsn=dsn, cache_dir=Path(cache), run_id=run_id)
-print(json.dumps({"counts": dict(report.counts), "paid_calls": report.paid_calls}))
-"""
-
-
 def start_caption(dsn: str, shard: str, cache: Path, kind: str, options: dict[str, Any], run_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", CAPTION_CHILD, dsn, shard, str(cache), kind, json.dumps(options), run_id],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "REPLICATE_POLL_INTERVAL": "0.05"},
-    )
+    return start_stage("caption", dsn, shard, cache, kind, options, run_id)
 
 
 @pytest.fixture
 def shard(tmp_path: Path, pg_dsn: str) -> tuple[str, Path]:
-    images = write_tree(tmp_path / "images", {"trial": [COLOURS[i % 4] for i in range(IMAGES)]})
-    cache = tmp_path / "cache"
-    ingest(pg_dsn, images, cache)
-    assert len(image_ids(pg_dsn, "trial")) == IMAGES
-    return "trial", cache
+    return trial_shard(pg_dsn, tmp_path, IMAGES)
 
 
 def caption_intents(dsn: str) -> dict[str, int]:

@@ -13,40 +13,60 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from support.embed_support import FakeReplicate, Reply, Seen
+from support.embed_support import FakeReplicate, Reply, Seen, image_ids, ingest, write_tree
 
-# The child: one embeddings run of a shard with a paid provider pointed at the stand-in; prints
-# its report's counts as JSON when it finishes (it often does not: it is killed).
-EMBED_CHILD = """
+# The child: one embeddings or captions run of a shard with a paid provider pointed at the
+# stand-in; prints its report's counts as JSON when it finishes (it often does not: it is killed).
+STAGE_CHILD = """
 import json, sys
 from pathlib import Path
 from assemblage_assets.core import db
-from assemblage_assets.embeddings.embed import embed_shard
-from resources.embedding import OpenAIEmbedding, ReplicateEmbedding
 
-dsn, shard, cache, kind, options, run_id = sys.argv[1:7]
-cls = {"replicate": ReplicateEmbedding, "openai": OpenAIEmbedding}[kind]
-provider = cls(**json.loads(options))
+stage, dsn, shard, cache, kind, options, run_id = sys.argv[1:8]
+if stage == "embed":
+    from assemblage_assets.embeddings.embed import embed_shard as run_stage
+    from resources.embedding import OpenAIEmbedding as OpenAI, ReplicateEmbedding as Replicate
+else:
+    from assemblage_assets.embeddings.captions import caption_shard as run_stage
+    from resources.caption import OpenAICaptions as OpenAI, ReplicateCaptions as Replicate
+provider = {"replicate": Replicate, "openai": OpenAI}[kind](**json.loads(options))
 with db.connect(dsn) as conn:
-    report = embed_shard(conn, shard, provider, dsn=dsn, cache_dir=Path(cache), run_id=run_id)
+    report = run_stage(conn, shard, provider, dsn=dsn, cache_dir=Path(cache), run_id=run_id)
 print(json.dumps({"counts": dict(report.counts), "paid_calls": report.paid_calls}))
 """
 
 
-def start_embed(dsn: str, shard: str, cache: str, kind: str, options: dict[str, Any], run_id: str,
+def start_stage(stage: str, dsn: str, shard: str, cache: str | Path, kind: str, options: dict[str, Any], run_id: str,
                 env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A child process running ``stage`` (embed | caption) over ``shard``."""
     return subprocess.Popen(
-        [sys.executable, "-c", EMBED_CHILD, dsn, shard, cache, kind, json.dumps(options), run_id],
+        [sys.executable, "-c", STAGE_CHILD, stage, dsn, shard, str(cache), kind, json.dumps(options), run_id],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "REPLICATE_POLL_INTERVAL": "0.05", **(env or {})},
     )
 
 
+def start_embed(dsn: str, shard: str, cache: str, kind: str, options: dict[str, Any], run_id: str,
+                env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return start_stage("embed", dsn, shard, cache, kind, options, run_id, env)
+
+
+def trial_shard(dsn: str, root: Path, images: int) -> tuple[str, Path]:
+    """A shard ``trial`` of ``images`` generated photos, ingested and derived: (key, cache)."""
+    colours = ("orange", "blue", "green", "white")
+    tree = write_tree(root / "images", {"trial": [colours[i % 4] for i in range(images)]})
+    cache = root / "cache"
+    ingest(dsn, tree, cache)
+    assert len(image_ids(dsn, "trial")) == images
+    return "trial", cache
+
+
 def finish(proc: subprocess.Popen[str], timeout: float = 180) -> dict[str, Any]:
     out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, f"embed run failed ({proc.returncode}):\n{err[-3000:]}"
+    assert proc.returncode == 0, f"stage run failed ({proc.returncode}):\n{err[-3000:]}"
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -52,6 +52,15 @@ class ImageObjects:
     objects: list[ObjectSpec] = field(default_factory=list)
 
 
+def _copy_source(paths: list[str], markers: list[str | None], copy_from: CopyFrom | None) -> tuple[str | None, str | None]:
+    """The first path a server-side copy can read, with its change marker (a bucket's ETag)."""
+    for path, marker in zip(paths, markers, strict=True):
+        source = copy_from(path) if copy_from else None
+        if source:
+            return source, marker
+    return None, None
+
+
 def shard_images(
     conn: psycopg.Connection, shard: str, store: ObjectStore, cache_dir: Path, *, only_processed: bool,
     staging_dir: Path | None = None, copy_from: CopyFrom | None = None,
@@ -68,6 +77,7 @@ def shard_images(
                   i.thumbnail_key, i.preview_key, i.original_url, i.thumbnail_url, i.preview_url,
                   i.uploaded_at IS NOT NULL AS was_uploaded,
                   array_agg(p.local_path ORDER BY p.local_path) AS paths,
+                  array_agg(p.source_marker ORDER BY p.local_path) AS markers,
                   bool_or(p.status = %(processed)s) AS needs_status
            FROM processing_log p JOIN images i ON i.id = p.image_id
            WHERE p.shard = %(shard)s AND p.status = ANY(%(derived)s)
@@ -80,6 +90,7 @@ def shard_images(
     images = []
     for row in rows:
         image_id = row["image_id"]
+        copy_source, copy_etag = _copy_source(row["paths"], row["markers"], copy_from)
         item = ImageObjects(
             image_id,
             row["original_key"],
@@ -92,7 +103,8 @@ def shard_images(
             key=store.key(row["original_key"]),
             visibility="private",
             sources=tuple(staging.local_file(p, staging_dir) for p in row["paths"]),
-            copy_source=next((c for c in map(copy_from, row["paths"]) if c), None) if copy_from else None,
+            copy_source=copy_source,
+            copy_source_etag=copy_etag,
             content_type=content_type_for(row["original_key"]),
             cache_control=ORIGINAL_CACHE_CONTROL,
             sha256=row["content_hash"],

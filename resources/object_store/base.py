@@ -78,6 +78,7 @@ class ObjectSpec:
     sha256: str | None = None  # hex digest the bytes must have (originals: the content hash)
     size: int | None = None  # expected size, compared with what the store already holds
     copy_source: str | None = None  # s3://bucket/key on the store's own endpoint: a server-side copy, no upload
+    copy_source_etag: str | None = None  # the source's ETag when scanned: the copy is of that version or fails
 
 
 # --- the interface ----------------------------------------------------------------------------

@@ -305,11 +305,14 @@ class S3ObjectStore(ObjectStore):
         """Server-side CopyObject from a source bucket on this endpoint: the bytes never leave
         the provider. The copy's SHA-256 (computed by the server) must be the content hash."""
         source_bucket, _, source_key = (spec.copy_source or "").removeprefix("s3://").partition("/")
+        # The scanned version only: a server that returns no SHA-256 for the copy (so the check
+        # below cannot run) still refuses, with 412, to copy an object changed since the scan.
+        condition = {"CopySourceIfMatch": f'"{spec.copy_source_etag}"'} if spec.copy_source_etag else {}
         try:
             result = self.client().copy_object(
                 Bucket=bucket, Key=spec.key, CopySource={"Bucket": source_bucket, "Key": source_key},
                 MetadataDirective="REPLACE", ContentType=spec.content_type, CacheControl=spec.cache_control,
-                ChecksumAlgorithm="SHA256",
+                ChecksumAlgorithm="SHA256", **condition,
             )
         except Exception as exc:
             raise classify_error(exc, f"server-side copy of {spec.copy_source} to {spec.key}") from exc

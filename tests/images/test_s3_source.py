@@ -112,6 +112,11 @@ def test_bucket_shard_end_to_end_rerun_change_and_server_side_copy(
     # originals: server-side copies (same endpoint, same key), no PUT of their bytes; derivatives uploaded
     copies = [s for s in s3.proxy.seen if s.method == "PUT" and "x-amz-copy-source" in {k.lower() for k in s.headers}]
     assert len(copies) == PHOTOS
+    # each copy is conditional on the version scanned (its listed ETag)
+    listed = {s3.direct().head_object(Bucket=source_bucket, Key=k)["ETag"]
+              for k in objects if SHARD in k and k.endswith(".jpg") and "fake" not in k}
+    conditions = [{k.lower(): v for k, v in s.headers.items()}.get("x-amz-copy-source-if-match") for s in copies]
+    assert sorted(conditions) == sorted(listed)
     stored = s3.keys(store_bucket)
     originals = [k for k in stored if k.startswith("original/")]
     assert len(originals) == PHOTOS and len(stored) == 3 * PHOTOS
@@ -249,6 +254,7 @@ def test_a_source_object_changed_before_publishing_is_never_stored_as_the_origin
     client = s3.direct()
     scanned = jpeg(7)
     client.put_object(Bucket=source_bucket, Key="in/a/p.jpg", Body=scanned)
+    scanned_etag = client.head_object(Bucket=source_bucket, Key="in/a/p.jpg")["ETag"]
     source, store = S3Source.from_uri(f"s3://{source_bucket}/in"), s3.store(store_bucket)
     root = tmp_path / "staging"
     with psycopg.connect(pg_dsn, row_factory=dict_row, autocommit=True) as conn:
@@ -263,5 +269,8 @@ def test_a_source_object_changed_before_publishing_is_never_stored_as_the_origin
     # the copy's server-side SHA-256 did not match the catalogued hash: the staged bytes were uploaded instead
     assert report.counts["images_published"] == 1
     assert client.get_object(Bucket=store_bucket, Key=original)["Body"].read() == scanned
-    assert any("x-amz-copy-source" in {k.lower() for k in s.headers} for s in s3.proxy.seen)
+    (copy,) = [{k.lower(): v for k, v in s.headers.items()} for s in s3.proxy.seen
+               if "x-amz-copy-source" in {k.lower() for k in s.headers}]
+    # R2 and S3 refuse it with 412 (moto ignores the condition, so the SHA-256 check caught it here)
+    assert copy["x-amz-copy-source-if-match"] == scanned_etag
     assert staging.is_empty(root)

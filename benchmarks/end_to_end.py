@@ -171,7 +171,7 @@ def _direct_shard(dsn: str, key: str, library, store, timings: dict[str, list[tu
     from assemblage_assets.embeddings.embed import embed_shard
     from assemblage_assets.embeddings.usage_log import run_cost
     from assemblage_assets.images import assets as oa
-    from assemblage_assets.images import catalog
+    from assemblage_assets.images import catalog_reports
     from assemblage_assets.images.derive import derive_shard
     from assemblage_assets.images.publish import publish_shard
     from assemblage_assets.images.scan import scan_shard
@@ -191,17 +191,17 @@ def _direct_shard(dsn: str, key: str, library, store, timings: dict[str, list[tu
     with db.connect(dsn) as conn:
         def scan() -> None:
             scan_shard(conn, resolve_shard(library.root, key), max_pixels=library.max_image_pixels)
-            catalog.status_counts(conn, key)
+            catalog_reports.status_counts(conn, key)
 
         def derive() -> None:
             derive_shard(conn, key, cache_dir=library.cache, spec=library.derivative_spec(), workers=library.derive_workers)
-            catalog.derived_samples(conn, key)
-            catalog.status_counts(conn, key)
+            catalog_reports.derived_samples(conn, key)
+            catalog_reports.status_counts(conn, key)
 
         def publish() -> None:
             store.preflight()
             publish_shard(conn, key, store=store, cache_dir=library.cache)
-            catalog.status_counts(conn, key)
+            catalog_reports.status_counts(conn, key)
             oa._check_results(conn, key, store)
 
         timed("raw_files", scan)

@@ -11,20 +11,20 @@ from assemblage_assets.cli.common import configured_provider, database_dsn
 
 def collect_status(shard: str | None = None, failure_limit: int = 50) -> dict[str, Any]:
     from assemblage_assets.core import db
-    from assemblage_assets.images import catalog, places
+    from assemblage_assets.images import catalog_reports, places
     from assemblage_assets.vehicles import records
 
     dsn = database_dsn()
     with db.connect(dsn) as conn:
         return {
             "database": db.redact(dsn),
-            "images": catalog.count_images(conn),
-            "status_counts": catalog.status_counts(conn, shard),
-            "failures": catalog.failures(conn, shard, failure_limit),
+            "images": catalog_reports.count_images(conn),
+            "status_counts": catalog_reports.status_counts(conn, shard),
+            "failures": catalog_reports.failures(conn, shard, failure_limit),
             "places": places.place_counts(conn, shard),
             "vehicles": records.monitoring(conn, failure_limit),
             "embeddings": (embeddings := embedding_status(conn)),
-            "disagreements": catalog.status_disagreements(conn, embeddings["active_model"], failure_limit),
+            "disagreements": catalog_reports.status_disagreements(conn, embeddings["active_model"], failure_limit),
         }
 
 

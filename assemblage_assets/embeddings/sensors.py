@@ -23,7 +23,7 @@ import psycopg
 from assemblage_assets.constants import CAPTION_SHARD_JOB, EMBED_SHARD_JOB, MODEL_TAG, TRIGGER_TAG
 from assemblage_assets.embeddings.candidates import shards_missing_embeddings
 from assemblage_assets.embeddings.caption_queue import shards_missing_published_captions
-from assemblage_assets.images import catalog
+from assemblage_assets.images import catalog_reports
 from assemblage_assets.partitions import IMAGE_SHARDS, partitions_in_flight
 from resources import caption as caption_providers
 from resources.database import PostgresResource
@@ -87,7 +87,7 @@ def evaluate(
 ) -> tuple[list[dg.RunRequest], str, str]:
     """One tick: (run requests, new cursor, summary). Separate from the decorator for the CLI and tests."""
     cursor = _load_cursor(raw_cursor)
-    now = catalog.database_now(conn)
+    now = catalog_reports.database_now(conn)
     full, changed_since, backlog = _window(cursor, model, now)
     missing = shards_missing_embeddings(conn, model, changed_since=changed_since, among=backlog)
     registered = set(instance.get_dynamic_partitions(IMAGE_SHARDS))
@@ -162,7 +162,7 @@ def evaluate_captions(
 ) -> tuple[list[dg.RunRequest], str, str]:
     """One tick of ``missing_captions_sensor``: (run requests, new cursor, summary)."""
     cursor = _load_cursor(raw_cursor)
-    now = catalog.database_now(conn)
+    now = catalog_reports.database_now(conn)
     full, changed_since, backlog = _window(cursor, model, now)
     missing = shards_missing_published_captions(conn, model, changed_since=changed_since, among=backlog)
     registered = set(instance.get_dynamic_partitions(IMAGE_SHARDS))

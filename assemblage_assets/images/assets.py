@@ -10,7 +10,7 @@ from pydantic import Field
 from assemblage_assets.core import settings
 from assemblage_assets.core.browse import shard_browse_url
 from assemblage_assets.core.metadata import md_table, stage_metadata
-from assemblage_assets.images import catalog, checks, places, staging, verification
+from assemblage_assets.images import catalog_reports, checks, places, staging, verification
 from assemblage_assets.images.derive import derive_shard
 from assemblage_assets.images.publish import RATE_KEY, publish_shard
 from assemblage_assets.images.remote_scan import scan_ref
@@ -53,7 +53,7 @@ def raw_files(
         shard = resolve_source_shard(library.sources(), context.partition_key)
         with database.connect() as conn:
             report = scan_ref(conn, shard, library, only=config.only, progress=context.log.info)
-            counts = catalog.status_counts(conn, shard.key)
+            counts = catalog_reports.status_counts(conn, shard.key)
     except SourceConfigError as exc:  # wrong credentials, bucket or folder: no retry can help
         raise dg.Failure(description=f"image source not usable: {exc}", allow_retries=False) from None
     context.log.info(
@@ -97,8 +97,8 @@ def derivatives(
             progress=context.log.info,
             staging_dir=library.staging,
         )
-        samples = catalog.derived_samples(conn, context.partition_key)
-        counts = catalog.status_counts(conn, context.partition_key)
+        samples = catalog_reports.derived_samples(conn, context.partition_key)
+        counts = catalog_reports.status_counts(conn, context.partition_key)
         located = places.place_counts(conn, context.partition_key)
     return dg.MaterializeResult(
         metadata={
@@ -177,7 +177,7 @@ def r2_objects(
             raise dg.Failure(description=f"object store rejected the upload: {exc}", allow_retries=False) from None
         finally:
             staging.release_settled(conn, context.partition_key, library.staging)  # disk stays within budget
-        counts = catalog.status_counts(conn, context.partition_key)
+        counts = catalog_reports.status_counts(conn, context.partition_key)
         after = object_store.request_counts()  # before the checks' HEADs: the stage's own requests
         checks = _check_results(conn, context.partition_key, object_store)
         if not all(c.passed for c in checks if c.check_name == "objects_in_store"):

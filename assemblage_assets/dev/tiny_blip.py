@@ -20,11 +20,9 @@ THEIR CAPTIONS CARRY NO MEANING: random words. Never a stand-in for a real model
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from assemblage_assets.dev.checkpoints import seeded, write_atomically
 from resources.caption.blip import TINY_BLIP_WARNING
 from resources.embedding.clip_encoder import RANDOM_WEIGHTS_MARKER
 
@@ -52,7 +50,6 @@ def build_blip_checkpoint(dest: str | Path, preset: str = "tiny", *, seed: int =
     if preset not in PRESETS:
         raise ValueError(f"unknown BLIP preset {preset!r}; choose from {sorted(PRESETS)}")
     spec = PRESETS[preset]
-    import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
     from transformers.utils import logging as hf_logging
@@ -74,19 +71,13 @@ def build_blip_checkpoint(dest: str | Path, preset: str = "tiny", *, seed: int =
         image_text_hidden_size=min(256, spec["projection_dim"]),
     )
     processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": side, "width": side}), tokenizer=tokenizer)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = BlipForConditionalGeneration(config)
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded(lambda: BlipForConditionalGeneration(config), seed)
 
     return _save(dest, model, processor, f"BLIP preset={preset} seed={seed}")
 
 
 def build_blip2_checkpoint(dest: str | Path, *, seed: int = 0) -> Path:
     """Write a tiny random-weight BLIP-2 (OPT decoder) to ``dest`` and return it."""
-    import torch
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, GPT2Tokenizer
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
@@ -108,30 +99,17 @@ def build_blip2_checkpoint(dest: str | Path, *, seed: int = 0) -> Path:
         num_query_tokens=queries,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),  # added by the processor
     )
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = Blip2ForConditionalGeneration(config)
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded(lambda: Blip2ForConditionalGeneration(config), seed)
     return _save(Path(dest), model, processor, f"BLIP-2 tiny seed={seed}")
 
 
 def _save(dest: Path, model: object, processor: object, note: str) -> Path:
-    """The checkpoint written next to ``dest`` and renamed into place (never half-written)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    def write(staging: Path) -> None:
         model.save_pretrained(staging)  # type: ignore[attr-defined]
         processor.save_pretrained(staging)  # type: ignore[attr-defined]
         (staging / RANDOM_WEIGHTS_MARKER).write_text(f"{note}\n{TINY_BLIP_WARNING}\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return dest
+
+    return write_atomically(dest, write)
 
 
 def ensure_tiny_blip(models_dir: Path) -> Path:

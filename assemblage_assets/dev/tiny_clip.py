@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from assemblage_assets.dev.checkpoints import seeded, write_atomically
 from resources.embedding.clip_encoder import RANDOM_WEIGHTS_MARKER, TINY_MODEL_WARNING, is_random_checkpoint
 
 __all__ = ["TINY_MODEL_NAME", "TINY_MODEL_WARNING", "build_clip_checkpoint", "ensure_tiny_clip", "is_random_checkpoint"]
@@ -89,7 +87,6 @@ def build_clip_checkpoint(dest: str | Path, preset: str = "tiny", *, seed: int =
     if preset not in PRESETS:
         raise ValueError(f"unknown CLIP preset {preset!r}; choose from {sorted(PRESETS)}")
     spec = PRESETS[preset]
-    import torch
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
     from transformers.utils import logging as hf_logging
@@ -116,16 +113,9 @@ def build_clip_checkpoint(dest: str | Path, preset: str = "tiny", *, seed: int =
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
         tokenizer=tokenizer,
     )
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = CLIPModel(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
+    model = seeded(lambda: CLIPModel(config), seed)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    def write(staging: Path) -> None:
         inner = staging / "0_CLIPModel"
         model.save_pretrained(inner)
         processor.save_pretrained(inner)
@@ -135,13 +125,8 @@ def build_clip_checkpoint(dest: str | Path, preset: str = "tiny", *, seed: int =
         (staging / RANDOM_WEIGHTS_MARKER).write_text(
             f"preset={preset} seed={seed}\n{TINY_MODEL_WARNING if preset == 'tiny' else 'random weights'}\n"
         )
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return dest
+
+    return write_atomically(dest, write)
 
 
 def ensure_tiny_clip(models_dir: Path) -> Path:

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,30 +27,14 @@ PAGE = 500  # images per page in places.locate_shard
 
 def measure(src_dir: Path, repeat: int) -> dict[str, float]:
     """Per-image milliseconds of derive_image, the ThumbHash and a geocoding lookup; load seconds."""
+    from added_cost import derive_seconds, source_jpegs, thumbnails  # benchmarks/ is on sys.path
+
     from assemblage_assets.core import geocode
-    from assemblage_assets.core.imaging import DerivativeSpec, decode_upright, fit
     from assemblage_assets.core.thumbhash import image_thumbhash
-    from assemblage_assets.images.derive import derive_image
 
-    spec = DerivativeSpec()
-    files = sorted(p for p in src_dir.iterdir() if p.suffix.upper() == ".JPG")
-    out = Path(tempfile.mkdtemp(prefix="assemblage-bench-enrich-"))
-    try:
-        derive_s = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            for i, path in enumerate(files):
-                if not derive_image(str(path), f"{i:08d}-0000-0000-0000-000000000000", out, spec).ok:
-                    raise SystemExit(f"derive_image failed on {path}")
-            derive_s.append(time.perf_counter() - started)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-
-    thumbs = []
-    for path in files:  # the thumbnail exactly as derive_image holds it in memory
-        upright, _ = decode_upright(str(path), spec.preview_long_edge)
-        preview = fit(upright, spec.preview_long_edge, spec.preview_long_edge)
-        thumbs.append(fit(preview, spec.thumbnail_box, spec.thumbnail_box))
+    files = source_jpegs(src_dir)
+    derive_s = derive_seconds(files, repeat)
+    thumbs = thumbnails(files)
     thumbhash_s = []
     for _ in range(max(5, repeat)):
         started = time.perf_counter()

@@ -10,36 +10,20 @@ Run by ``benchmarks/derivatives.py`` on its generated 12 MP JPEGs (in a fresh pr
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 
 def measure(src_dir: Path, repeat: int) -> dict[str, float]:
-    from assemblage_assets.core.imaging import DerivativeSpec, decode_upright, fit
-    from assemblage_assets.core.perceptual import perceptual_hashes
-    from assemblage_assets.images.derive import derive_image
+    from added_cost import derive_seconds, source_jpegs, thumbnails  # benchmarks/ is on sys.path
 
-    spec = DerivativeSpec()
-    files = sorted(p for p in src_dir.iterdir() if p.suffix.upper() == ".JPG")
-    out = Path(tempfile.mkdtemp(prefix="assemblage-bench-phash-"))
-    try:
-        derive_s = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            for i, path in enumerate(files):
-                if not derive_image(str(path), f"{i:08d}-0000-0000-0000-000000000000", out, spec).ok:
-                    raise SystemExit(f"derive_image failed on {path}")
-            derive_s.append(time.perf_counter() - started)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    thumbs = []
-    for path in files:  # the thumbnail exactly as derive_image holds it in memory
-        upright, _ = decode_upright(str(path), spec.preview_long_edge)
-        thumbs.append(fit(fit(upright, spec.preview_long_edge, spec.preview_long_edge), spec.thumbnail_box, spec.thumbnail_box))
+    from assemblage_assets.core.perceptual import perceptual_hashes
+
+    files = source_jpegs(src_dir)
+    derive_s = derive_seconds(files, repeat)
+    thumbs = thumbnails(files)
     perceptual_hashes(thumbs[0])  # imports scipy.fftpack once, as the first image of a worker does
     hash_s = []
     for _ in range(max(5, repeat)):

@@ -55,13 +55,13 @@ def test_killed_replicate_runs_never_buy_an_image_twice_and_log_every_billed_cal
         billed = fake.created
         creates = len(fake.calls("POST", "/v1/predictions"))
     print(f"\nreplicate kills: {log.kills} at {log.at_counts} created; billed {billed} for {IMAGES} images; "
-          f"resumed {final['counts'].get('paid_calls_resumed', 0)}; intents {intents(pg_dsn)}")
+          f"resumed {log.resumed(final)}; intents {intents(pg_dsn)}")
     assert log.kills >= 3  # the trial really killed runs mid-way
     one_vector_per_image(pg_dsn)
     assert billed == IMAGES and creates == IMAGES  # zero re-buys: killed calls were fetched by id
     usage = query(pg_dsn, "SELECT ok, run_id FROM embedding_usage_log")
     assert len(usage) == billed and all(u["ok"] for u in usage)  # the cost log is the stand-in's bill
-    assert final["counts"].get("paid_calls_resumed", 0) >= 1  # predictions of killed runs were fetched
+    assert log.resumed(final) >= 1  # predictions of killed runs were fetched
     assert rerun["counts"]["candidates"] == 0 and rerun["paid_calls"] == 0
     assert intents(pg_dsn).get("intent", 0) == 0 and intents(pg_dsn).get("created", 0) == 0
     assert intents(pg_dsn).get("lost", 0) == 0

@@ -75,13 +75,13 @@ def test_killed_replicate_caption_runs_never_buy_an_image_twice(pg_dsn: str, sha
         rerun_requests = len(fake.requests) - before_rerun
     intents_now = caption_intents(pg_dsn)
     print(f"\nreplicate caption kills: {log.kills} at {log.at_counts} created; billed {billed} for {IMAGES} images; "
-          f"resumed {final['counts'].get('paid_calls_resumed', 0)}; intents {intents_now}")
+          f"resumed {log.resumed(final)}; intents {intents_now}")
     assert log.kills >= 3  # the trial really killed runs mid-way
     assert captioned(pg_dsn, model) == IMAGES
     assert billed == IMAGES and creates == IMAGES and cancels == []  # zero re-buys: fetched by id
     costs = caption_costs(pg_dsn)
     assert len(costs) == billed and all(c["ok"] and c["model"] == model for c in costs)  # the stand-in's bill
-    assert final["counts"].get("paid_calls_resumed", 0) >= 1  # predictions of killed runs were fetched
+    assert log.resumed(final) >= 1  # predictions of killed runs were fetched
     assert rerun["counts"]["candidates"] == 0 and rerun["paid_calls"] == 0 and rerun_requests == 0
     assert intents_now.get("settled", 0) == IMAGES and intents_now.get("lost", 0) == 0
     assert intents_now.get("intent", 0) == 0 and intents_now.get("created", 0) == 0

@@ -74,6 +74,12 @@ def finish(proc: subprocess.Popen[str], timeout: float = 180) -> dict[str, Any]:
 class KillLog:
     kills: int = 0
     at_counts: list[int] = field(default_factory=list)  # the stand-in's count when each kill landed
+    finished: list[dict[str, Any]] = field(default_factory=list)  # the report of a round that ended before its kill
+
+    def resumed(self, *reports: dict[str, Any]) -> int:
+        """Paid calls resumed by the completed runs: a round that finished first, then ``reports``
+        (the final run resumes nothing when such a round already did)."""
+        return sum(r["counts"].get("paid_calls_resumed", 0) for r in [*self.finished, *reports])
 
 
 def kill_when(proc: subprocess.Popen[str], reached: Callable[[], bool], *, timeout: float = 60.0) -> bool:
@@ -101,7 +107,7 @@ def kill_rounds(start: Callable[[int], subprocess.Popen[str]], progress: Callabl
         target = progress() + rng.randint(*step)
         proc = start(i)
         if not kill_when(proc, lambda target=target: progress() >= target):
-            finish(proc)  # the run finished first: nothing left to kill
+            log.finished.append(finish(proc))  # the run finished first: nothing left to kill
             break
         log.kills += 1
         log.at_counts.append(progress())

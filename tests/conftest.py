@@ -33,14 +33,26 @@ def pg_server() -> Iterator[str]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def pg_dsn(pg_server: str) -> Iterator[str]:
-    """A fresh, migrated database on the session server, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+def pg_template(pg_server: str) -> str:
+    """A database migrated once per session: each test's database is a copy of it (about 0.05 s)
+    rather than a fresh migration (about 0.3 s, times some 500 tests). Nothing connects to it
+    after the migration, as CREATE DATABASE ... TEMPLATE requires."""
+    name = f"template_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    db.migrate(make_conninfo(pg_server, dbname=name))
+    return name
+
+
+@pytest.fixture
+def pg_dsn(pg_server: str, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated database on the session server (a copy of the session's migrated
+    template), dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     dsn = make_conninfo(pg_server, dbname=name)
-    db.migrate(dsn)
     yield dsn
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -20,12 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from assemblage_assets.serve import security
 from assemblage_assets.serve.api import build_router
 from assemblage_assets.serve.config import ServeConfig
+from assemblage_assets.serve.media import MediaLocator, MediaUnavailable, Redirect
 from assemblage_assets.serve.service import BadRequest, NotFound, SearchService
 
 log = logging.getLogger("assemblage.serve")
 PAGE_DIR = Path(__file__).parent / "page"
 PUBLIC_PATHS = ("/login", "/static/", "/healthz")
-MEDIA_TYPES = {".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 LOGIN_FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Assemblage: sign in</title>
 <link rel="stylesheet" href="/static/style.css"></head><body class="login"><form method="post" action="/login">
 <h1>Assemblage</h1><p>This catalogue needs its access token (ASSEMBLAGE_API_TOKEN).</p>
@@ -95,15 +95,16 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
             image_id = str(uuid.UUID(image_id))
         except ValueError:
             return JSONResponse({"detail": "not an image id"}, 400)
-        row = service.media(image_id)
-        url = row[f"{kind}_url"]
-        if url and url.startswith(("http://", "https://")):
-            return RedirectResponse(url, 307)
-        path = _media_file(config, row[f"{kind}_key"], row["published"])
-        if path is None:
+        try:
+            found = locator.locate(service.media(image_id), kind)
+        except MediaUnavailable as exc:
+            return JSONResponse({"detail": str(exc)}, 503)
+        if found is None:
             return JSONResponse({"detail": f"no {kind} stored for {image_id}"}, 404)
-        return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
-                            headers={"Cache-Control": "public, max-age=31536000, immutable"})
+        if isinstance(found, Redirect):
+            headers = {"Cache-Control": found.cache_control} if found.cache_control else None
+            return RedirectResponse(found.url, 307, headers=headers)
+        return FileResponse(found.path, media_type=found.media_type, headers={"Cache-Control": found.cache_control})
 
     return app
 
@@ -147,24 +148,6 @@ class Guard:
             log.exception("unhandled error on %s %s", scope.get("method"), path)
             if not started:
                 await JSONResponse({"detail": "internal error (see the server log)"}, 500)(scope, receive, send)
-
-
-def _media_file(config: ServeConfig, key: str | None, published: bool) -> Path | None:
-    """The local file of a derivative key from the catalogue (never a path from the request):
-    the local object store once published, else the derivative cache."""
-    if not key:
-        return None
-    candidates = []
-    if published and config.object_store_dir:
-        prefix = config.object_prefix.strip("/")
-        candidates.append((Path(config.object_store_dir), f"{prefix}/{key}" if prefix else key))
-    if config.derivative_cache_dir:
-        candidates.append((Path(config.derivative_cache_dir), key))
-    for root, relative in candidates:
-        path = (root / relative).resolve()
-        if path.is_relative_to(root.resolve()) and path.is_file():
-            return path
-    return None
 
 
 def _html(text: str) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from assemblage_assets.core import settings
+from assemblage_assets.serve.security import ConfigError
+from resources import object_store
 
 
 @dataclass(frozen=True)
@@ -18,16 +19,21 @@ class ServeConfig:
     max_page_size: int = 100  # SERVE_MAX_PAGE_SIZE
     max_depth: int = 1000  # SERVE_MAX_DEPTH: how far search results page (offset + page)
     ef_search: int | None = None  # SEARCH_EF_SEARCH (embeddings.search.default_ef_search when unset)
-    object_store_dir: str = ""  # local object store root (OBJECT_STORE_DIR / ASSEMBLAGE_HOME/objects)
-    object_prefix: str = ""  # R2_PREFIX
+    # Where publishing put thumbnails and previews (object_store.from_env: R2_BUCKET/S3_BUCKET, R2_PREFIX,
+    # else OBJECT_STORE_DIR): a bucket is answered with presigned URLs, a local store with its files.
+    # None: only the derivative cache is served.
+    store: object_store.ObjectStore | None = None
+    presign_seconds: int = 3600  # SERVE_PRESIGN_SECONDS: lifetime of a presigned media URL
     derivative_cache_dir: str = ""  # ASSEMBLAGE_HOME/derivatives: thumbnails before publishing
 
     @classmethod
     def from_env(cls) -> ServeConfig:
         paths = settings.Paths.from_env()
-        store = "" if (settings.env_str("R2_BUCKET") or settings.env_str("S3_BUCKET")) else \
-            settings.env_str("OBJECT_STORE_DIR", str(paths.object_store))
         ef = settings.env_int("SEARCH_EF_SEARCH", 0)
+        presign = settings.env_int("SERVE_PRESIGN_SECONDS", 3600)
+        if not 1 <= presign <= object_store.MAX_PRESIGN_SECONDS:
+            raise ConfigError(f"SERVE_PRESIGN_SECONDS must be 1 to {object_store.MAX_PRESIGN_SECONDS} (7 days), "
+                              f"got {presign}")
         return cls(
             token=settings.env_str("ASSEMBLAGE_API_TOKEN"),
             rate_limit_per_minute=settings.env_int("SERVE_RATE_LIMIT", 600),
@@ -37,7 +43,7 @@ class ServeConfig:
             max_page_size=settings.env_int("SERVE_MAX_PAGE_SIZE", 100),
             max_depth=settings.env_int("SERVE_MAX_DEPTH", 1000),
             ef_search=ef or None,
-            object_store_dir=str(Path(store).expanduser().resolve()) if store else "",
-            object_prefix=settings.env_str("R2_PREFIX"),
+            store=object_store.from_env(),
+            presign_seconds=presign,
             derivative_cache_dir=str(paths.derivative_cache),
         )

@@ -28,11 +28,11 @@ from resources.object_store.base import (
     plan_listing,
 )
 from resources.object_store.local import LocalObjectStore
-from resources.object_store.s3 import S3ClientResource, S3ObjectStore, classify_error
+from resources.object_store.s3 import MAX_PRESIGN_SECONDS, S3ClientResource, S3ObjectStore, classify_error
 
 __all__ = [
-    "DERIVATIVE_CACHE_CONTROL", "ORIGINAL_CACHE_CONTROL", "LocalObjectStore", "ObjectSpec", "ObjectStore",
-    "ObjectStoreError", "PermanentObjectError", "S3ClientResource", "S3ObjectStore", "StoreConfigError",
+    "DERIVATIVE_CACHE_CONTROL", "MAX_PRESIGN_SECONDS", "ORIGINAL_CACHE_CONTROL", "LocalObjectStore", "ObjectSpec",
+    "ObjectStore", "ObjectStoreError", "PermanentObjectError", "S3ClientResource", "S3ObjectStore", "StoreConfigError",
     "TransientStoreError", "Visibility", "classify_error", "content_type_for", "from_env", "plan_listing",
 ]
 

@@ -140,6 +140,19 @@ class ObjectStore(dg.ConfigurableResource):
     def url(self, visibility: Visibility, key: str) -> str:
         raise NotImplementedError
 
+    def presigned_get_url(
+        self, visibility: Visibility, key: str, expires_in: int, *, content_type: str | None = None,
+        cache_control: str | None = None,
+    ) -> str | None:
+        """A URL that lets whoever holds it GET one object for ``expires_in`` seconds, signed
+        here without a request; ``content_type``/``cache_control`` override the stored headers
+        of that response. None when the backend has no such URLs (local: serve ``local_file``)."""
+        return None
+
+    def local_file(self, visibility: Visibility, key: str) -> Path | None:
+        """The file holding one object when the store is a local directory and it is there."""
+        return None
+
     # Shared behaviour --------------------------------------------------------------------------
 
     def key(self, relative: str) -> str:

@@ -140,6 +140,11 @@ class LocalObjectStore(ObjectStore):
                 pass
         return found
 
+    def local_file(self, visibility: Visibility, key: str) -> Path | None:
+        root = Path(self.root).resolve()
+        path = (root / key).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+
     def url(self, visibility: Visibility, key: str) -> str:
         if visibility == "public" and self.public_base_url:
             return f"{self.public_base_url.rstrip('/')}/{key}"

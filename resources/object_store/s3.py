@@ -25,6 +25,8 @@ from resources.object_store.base import (
     _read_verified,
 )
 
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the SigV4 limit on S3 and R2
+
 
 def _resolve(value: Any) -> Any:
     """Plain value of a field that may still hold an unresolved ``dg.EnvVar`` (used outside Dagster)."""
@@ -61,6 +63,8 @@ class S3ClientResource(S3Resource):
             read_timeout=self.read_timeout,
             tcp_keepalive=True,
             s3={"addressing_style": self.addressing_style},
+            # presigned URLs too (botocore signs them SigV2 in some regions otherwise; R2 wants SigV4)
+            signature_version="s3v4",
         )
         client = session.client(
             "s3",
@@ -362,6 +366,22 @@ class S3ObjectStore(ObjectStore):
             raise
         except Exception as exc:
             raise classify_error(exc, f"GET of {key}") from exc
+
+    def presigned_get_url(
+        self, visibility: Visibility, key: str, expires_in: int, *, content_type: str | None = None,
+        cache_control: str | None = None,
+    ) -> str | None:
+        if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
+            raise StoreConfigError(f"presigned URLs last 1 to {MAX_PRESIGN_SECONDS} seconds, not {expires_in}")
+        params = {"Bucket": self.bucket_for(visibility), "Key": key}
+        if content_type:
+            params["ResponseContentType"] = content_type
+        if cache_control:
+            params["ResponseCacheControl"] = cache_control
+        try:
+            return self.client().generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        except Exception as exc:
+            raise classify_error(exc, f"presigning {key}") from exc
 
     def url(self, visibility: Visibility, key: str) -> str:
         if visibility == "public" and self.public_base_url:

@@ -82,7 +82,7 @@ class Catalogue:
     ids: dict[str, str]  # file name -> image id
 
     def config(self, **overrides: Any) -> ServeConfig:
-        base = ServeConfig(object_store_dir=str(self.objects), derivative_cache_dir=str(self.cache),
+        base = ServeConfig(store=LocalObjectStore(root=str(self.objects)), derivative_cache_dir=str(self.cache),
                            rate_limit_per_minute=0)
         return ServeConfig(**{**base.__dict__, **overrides})
 

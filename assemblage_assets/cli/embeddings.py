@@ -78,8 +78,11 @@ def _reembed(provider: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_provider_test(args: argparse.Namespace) -> int:
-    """One call: credentials, model and dimension, like the older loader's provider check."""
+    """One call: credentials, model and dimension, like the older loader's provider check. A paid
+    call takes its slots of the shared rate limit and is logged (``text_calls``)."""
+    from assemblage_assets.core import db
     from assemblage_assets.dev.sample_data import make_photo
+    from assemblage_assets.embeddings import text_calls
     from resources.embedding.types import EmbeddingError, EmbedItem
 
     try:
@@ -92,15 +95,19 @@ def cmd_provider_test(args: argparse.Namespace) -> int:
         path = Path(tmp) / "provider-test.jpg"
         make_photo(640, 480, seed=7).save(path, "JPEG", quality=90)
         started = time.perf_counter()
+        item = EmbedItem("00000000-0000-0000-0000-000000000000", str(path))
         try:
-            outcome = provider.embed_image(EmbedItem("00000000-0000-0000-0000-000000000000", str(path)))
-        except EmbeddingError as exc:
-            if exc.usage is not None:
-                _log_test_usage(provider, exc.usage, ok=False)
+            if provider.paid:  # the database only for a paid call: its slots and its cost row
+                dsn = database_dsn()
+                with db.connect(dsn) as conn:
+                    outcome = text_calls.embed_image(conn, provider, item, purpose="provider-test", dsn=dsn)
+            else:
+                outcome = provider.embed_image(item)
+        except text_calls.CallRefused as exc:
+            return fail(str(exc))
+        except EmbeddingError as exc:  # a paid but unusable answer is logged by text_calls
             return fail(f"{provider.provider_name} call failed ({exc.kind}): {exc}")
         seconds = time.perf_counter() - started
-    if outcome.usage is not None:
-        _log_test_usage(provider, outcome.usage, ok=True)
     dim = int(outcome.vector.shape[0])
     expected = provider.expected_vector_dim or provider.dim
     print(f"provider:  {provider.provider_name}")
@@ -111,15 +118,6 @@ def cmd_provider_test(args: argparse.Namespace) -> int:
         return fail(f"{provider.provider_name} returned {dim}-d vectors, expected {expected}")
     print("ok")
     return 0
-
-
-def _log_test_usage(provider: Any, usage: Any, *, ok: bool) -> None:
-    from assemblage_assets.core import db
-    from assemblage_assets.embeddings.usage_log import UsageRow, log_usage
-
-    with db.connect(database_dsn()) as conn:
-        log_usage(conn, [UsageRow(provider.provider_name, provider.model_id, None, usage, purpose="provider-test", ok=ok,
-                                  owner=settings.env_str("DEFAULT_OWNER") or None)])
 
 
 def _search_provider(model: dict[str, Any], active: Any) -> Any:
@@ -135,7 +133,6 @@ def _search_provider(model: dict[str, Any], active: Any) -> Any:
 def cmd_search(args: argparse.Namespace) -> int:
     from assemblage_assets.core import db
     from assemblage_assets.embeddings.search import SearchError, pick_model, search_like, search_text
-    from assemblage_assets.embeddings.usage_log import UsageRow, log_usage
     from resources.embedding.types import EmbeddingError
 
     if not args.query and not args.like:
@@ -144,21 +141,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         active = configured_provider()
     except (EmbeddingError, ValueError):
         active = None
-    with db.connect(database_dsn()) as conn:
+    dsn = database_dsn()
+    with db.connect(dsn) as conn:
         try:
             model = pick_model(conn, args.model, active.model_id if active else None)
             provider = _search_provider(model, active)
-            usage = None
             if args.like:
-                anchor, hits = search_like(conn, provider, model, args.like, args.k)
+                anchor, hits = search_like(conn, provider, model, args.like, args.k, dsn=dsn)
             else:
                 anchor = None
-                hits, usage = search_text(conn, provider, model, args.query, args.k)
-        except (SearchError, EmbeddingError) as exc:
+                hits = search_text(conn, provider, model, args.query, args.k, dsn=dsn)
+        except (SearchError, EmbeddingError) as exc:  # text_calls.CallRefused: the shared limit is full
             return fail(str(exc))
-        if usage is not None:
-            log_usage(conn, [UsageRow(provider.provider_name, model["model"], None, usage, purpose="text",
-                                            owner=settings.env_str("DEFAULT_OWNER") or None)])
     from resources.embedding.clip_encoder import TINY_MODEL_WARNING, is_random_checkpoint
 
     if model.get("source") and is_random_checkpoint(model["source"]):

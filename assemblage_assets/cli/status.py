@@ -114,11 +114,11 @@ def print_embedding_status(st: dict[str, Any] | None) -> None:
     cost = st["cost"]
     print(f"  embedding cost: ${cost['total_usd']:.4f} in total")
     for row in cost["by_model"]:
-        print(f"    {row['provider']} {row['model']}: {row['calls']} call(s), ${row['cost_usd']:.4f}")
+        print(f"    {row['provider']} {row['model']}: {row['calls']} paid request(s), ${row['cost_usd']:.4f}")
     for row in cost.get("by_owner", []):
-        print(f"    owner {row['owner'] or '(none)'}: {row['calls']} call(s), ${row['cost_usd']:.4f}")
+        print(f"    owner {row['owner'] or '(none)'}: {row['calls']} paid request(s), ${row['cost_usd']:.4f}")
     for row in cost["recent_runs"]:
-        print(f"    run {row['run_id'][:8]}: {row['calls']} call(s), ${row['cost_usd']:.4f} ({row['model']})")
+        print(f"    run {row['run_id'][:8]}: {row['calls']} paid request(s), ${row['cost_usd']:.4f} ({row['model']})")
     print_paid_calls(st.get("paid_calls") or [])
 
 

@@ -91,7 +91,8 @@ def build_embeddings_asset(provider: type[EmbeddingResource]) -> dg.AssetsDefini
             raise dg.Failure(description=str(exc), allow_retries=False) from None
         context.log.info(
             f"shard {context.partition_key}: {report.counts['embedded']} embedded with {report.model}, "
-            f"{report.counts['failed']} failed, {report.counts['rescheduled']} rescheduled, ${cost['cost_usd']:.4f}"
+            f"{report.counts['failed']} failed, {report.counts['rescheduled']} rescheduled, "
+            f"{cost['calls']} paid request(s), ${cost['cost_usd']:.4f}"
         )
         return dg.MaterializeResult(
             metadata={
@@ -101,7 +102,7 @@ def build_embeddings_asset(provider: type[EmbeddingResource]) -> dg.AssetsDefini
                 "backend": dg.MetadataValue.text(report.backend or "remote"),
                 "dim": dg.MetadataValue.int(report.dim),
                 "cost_usd": dg.MetadataValue.float(round(cost["cost_usd"], 6)),
-                "paid_calls": dg.MetadataValue.int(cost["calls"]),
+                "paid_requests": dg.MetadataValue.int(cost["calls"]),  # billable requests, as the limit counts
                 "rate_limit_waited_seconds": dg.MetadataValue.float(round(report.rate_limit_waited, 1)),
                 "errors_by_kind": dg.MetadataValue.json(report.errors_by_kind),
                 "queue": dg.MetadataValue.json(queue),

@@ -63,7 +63,8 @@ def build_captions_asset(provider: type[CaptionResource]) -> dg.AssetsDefinition
             context.log.warning(TINY_BLIP_WARNING)
         context.log.info(
             f"shard {context.partition_key}: {report.counts['captioned']} captioned with {report.model or 'nothing'}, "
-            f"{report.counts['failed']} failed, {report.counts['rescheduled']} rescheduled, ${cost['cost_usd']:.4f}"
+            f"{report.counts['failed']} failed, {report.counts['rescheduled']} rescheduled, "
+            f"{cost['calls']} paid request(s), ${cost['cost_usd']:.4f}"
         )
         check = dg.AssetCheckResult(
             check_name="caption_count",
@@ -78,7 +79,7 @@ def build_captions_asset(provider: type[CaptionResource]) -> dg.AssetsDefinition
                 "model": dg.MetadataValue.text(report.model or "(captioning off: CAPTION_PROVIDER=none)"),
                 "random_weights": dg.MetadataValue.bool(report.random_weights),
                 "cost_usd": dg.MetadataValue.float(round(cost["cost_usd"], 6)),
-                "paid_calls": dg.MetadataValue.int(cost["calls"]),
+                "paid_requests": dg.MetadataValue.int(cost["calls"]),  # billable requests, as the limit counts
                 "errors_by_kind": dg.MetadataValue.json(report.errors_by_kind),
             },
             check_results=[check],

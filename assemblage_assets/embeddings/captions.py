@@ -62,7 +62,7 @@ class CaptionReport(StageReport):
     model: str = ""
     provider: str = ""
     cost_usd: float = 0.0
-    paid_calls: int = 0
+    paid_calls: int = 0  # billable requests (``Usage.requests``), not images
     random_weights: bool = False
     errors_by_kind: dict[str, int] = field(default_factory=dict)
 
@@ -129,7 +129,7 @@ class CaptionRecorder:
             self.report.counts["queued_for_retry"] += counts["retry"]
         for o in outcomes:
             if o.usage is not None:
-                self.report.paid_calls += 1
+                self.report.paid_calls += o.usage.requests
                 self.report.cost_usd += o.usage.cost_usd
         self.report.counts["captioned"] += len(ok)
         self.report.counts["failed"] += len(failed)
@@ -198,7 +198,7 @@ class _Ticker:
                 return
             elapsed = time.perf_counter() - self.started
             eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-            cost = f", ${report.cost_usd:.4f} so far" if report.paid_calls else ""
+            cost = f", {report.paid_calls:,} paid requests, ${report.cost_usd:.4f} so far" if report.paid_calls else ""
             self.progress(f"{self.name}: captioned {self.done:,}/{self.total:,} images of shard {self.shard} "
                           f"(ETA {eta:.0f}s{cost})")
 

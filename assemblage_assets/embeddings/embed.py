@@ -42,7 +42,7 @@ import psycopg
 
 from assemblage_assets.core import db
 from assemblage_assets.core.reports import Progress
-from assemblage_assets.embeddings import prompt_vectors, retry_queue, tags, usage_log, vectors
+from assemblage_assets.embeddings import prompt_vectors, retry_queue, tags, text_calls, vectors
 from assemblage_assets.embeddings.candidates import candidates, count_candidates
 from assemblage_assets.embeddings.intents import PaidCallJournal
 from assemblage_assets.embeddings.outcomes import Deferred, EmbedReport, OutcomeRecorder
@@ -64,17 +64,16 @@ _LOCK_NAMESPACE = 7_312_024  # first key of the two-int advisory locks claiming 
 
 
 def vocabulary_vectors(conn: psycopg.Connection, provider: EmbeddingResource, vocab: Sequence[str],
-                       run_id: str | None = None) -> np.ndarray:
+                       run_id: str | None = None, *, dsn: str = "",
+                       max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS) -> np.ndarray:
     """Text vectors of the zero-shot prompts: stored once per model and backend
     (``prompt_vectors``), so a step only embeds prompts no earlier step has; a paid provider's
-    tokens for them are logged like any other call."""
+    requests for them take slots of the shared rate limit and are logged like any other call
+    (``text_calls``, with the stage's wait budget)."""
 
     def embed(prompts: list[str]) -> np.ndarray:
-        found, usage = provider.embed_texts(prompts)
-        if usage is not None and provider.paid:
-            usage_log.log_usage(conn, [usage_log.UsageRow(provider.provider_name, provider.model_id, None, usage,
-                                                          purpose="text", run_id=run_id)])
-        return found
+        return text_calls.embed_texts(conn, provider, prompts, purpose="text", run_id=run_id, dsn=dsn,
+                                      max_wait=max_wait_seconds)
 
     prompts = [tags.PROMPT.format(t) for t in vocab]
     return prompt_vectors.vectors_for(conn, provider.model_id, provider.vector_backend or "", prompts, embed)
@@ -109,7 +108,8 @@ def embed_shard(
     report.counts["candidates"] = total
     if total:
         vocab = tags.load_vocabulary(provider.tag_vocabulary) if provider.zero_shot_tags else []
-        vocab_vectors = vocabulary_vectors(conn, provider, vocab, run_id) if vocab else None
+        vocab_vectors = (vocabulary_vectors(conn, provider, vocab, run_id, dsn=dsn, max_wait_seconds=max_wait_seconds)
+                         if vocab else None)
         recorder = OutcomeRecorder(conn, shard, provider, report, run_id, vocab, vocab_vectors, dsn=dsn)
         items = candidates(conn, shard, provider, cache_dir, limit=limit)
         if provider.paid:
@@ -280,7 +280,7 @@ def _embed_paid(
                     done += 1
                     if progress and (done % 25 == 0 or done == total):
                         progress(f"{provider.provider_name}: {done:,}/{total:,} images of shard {recorder.shard} "
-                                 f"(${recorder.report.cost_usd:.4f} so far)")
+                                 f"({recorder.report.paid_calls:,} paid requests, ${recorder.report.cost_usd:.4f} so far)")
 
         for item in items:
             if call.saturated.is_set():

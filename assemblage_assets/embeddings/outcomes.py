@@ -32,7 +32,7 @@ class EmbedReport(StageReport):
     backend: str = ""  # local CLIP: torch-fp32, onnx-int8, ...; empty for remote providers
     dim: int = 0
     cost_usd: float = 0.0
-    paid_calls: int = 0
+    paid_calls: int = 0  # billable requests (``Usage.requests``), not images
     rate_limit_waited: float = 0.0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
 
@@ -96,7 +96,7 @@ class OutcomeRecorder:
             self.report.counts["queued_for_retry"] += counts["retry"]
         for o in outcomes:
             if o.usage is not None:
-                self.report.paid_calls += 1
+                self.report.paid_calls += o.usage.requests
                 self.report.cost_usd += o.usage.cost_usd
         self.report.counts["embedded"] += len(ok)
         self.report.counts["failed"] += len(failed)

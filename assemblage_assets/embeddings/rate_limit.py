@@ -10,7 +10,9 @@ everyone (``embedding_provider_pause``).
 
 Over the limit, callers wait for the next window; ``acquire`` gives up after its wait budget
 and the stage then reschedules the image about 30 s later. Work is never dropped or failed
-for being over the limit.
+for being over the limit. One-off calls (searches, ``provider-test``, prompt vocabularies:
+``text_calls``) take their slots from the same counters with a budget of seconds, then are
+refused with nothing sent.
 """
 
 from __future__ import annotations

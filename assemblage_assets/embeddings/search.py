@@ -23,7 +23,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types import TypeInfo
 
 from assemblage_assets.core import settings
-from assemblage_assets.embeddings import vectors
+from assemblage_assets.embeddings import text_calls, vectors
 from resources.embedding.types import EmbedItem
 
 DEFAULT_EF_SEARCH = 100  # see default_ef_search
@@ -154,20 +154,22 @@ def resolve_image(conn: psycopg.Connection, ref: str) -> str | None:
 
 
 def search_text(
-    conn: psycopg.Connection, provider: Any, model: dict[str, Any], text: str, k: int = 10
-) -> tuple[list[dict[str, Any]], Any]:
-    """Images nearest to a text, and the usage of the (maybe paid) text embedding."""
+    conn: psycopg.Connection, provider: Any, model: dict[str, Any], text: str, k: int = 10, *, dsn: str = ""
+) -> list[dict[str, Any]]:
+    """Images nearest to a text. A paid provider's text embedding goes through the shared rate
+    limit and is logged (``text_calls``; ``CallRefused`` when no slot comes in time)."""
     if provider is None or provider.model_id != model["model"]:
         raise SearchError(f"text search needs the provider of {model['model']!r} configured (EMBEDDING_PROVIDER)")
-    vectors, usage = provider.embed_texts([text])
-    return nearest(conn, model, vectors[0], k), usage
+    vector = text_calls.embed_texts(conn, provider, [text], purpose="text", dsn=dsn)[0]
+    return nearest(conn, model, vector, k)
 
 
 def search_like(
-    conn: psycopg.Connection, provider: Any, model: dict[str, Any], ref: str, k: int = 10
+    conn: psycopg.Connection, provider: Any, model: dict[str, Any], ref: str, k: int = 10, *, dsn: str = ""
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """Images like an ingested image (its stored vector), or like any image file (embedded now
-    with the provider). Returns (image id or None, hits without the image itself)."""
+    with the provider, a paid call going through ``text_calls`` like a text query). Returns
+    (image id or None, hits without the image itself)."""
     image_id = resolve_image(conn, ref)
     if image_id is not None:
         vector = vectors.stored_vector(conn, image_id, model["model"])
@@ -178,5 +180,6 @@ def search_like(
         raise SearchError(f"{ref!r} is neither an image id nor an ingested or existing image file")
     if provider is None or provider.model_id != model["model"]:
         raise SearchError(f"{ref} has no stored vector for {model['model']!r} and that provider is not configured")
-    outcome = provider.embed_image(EmbedItem(image_id or "00000000-0000-0000-0000-000000000000", str(path.resolve())))
+    item = EmbedItem(image_id or "00000000-0000-0000-0000-000000000000", str(path.resolve()))
+    outcome = text_calls.embed_image(conn, provider, item, purpose="search-upload", dsn=dsn)
     return image_id, nearest(conn, model, outcome.vector, k, exclude=image_id)

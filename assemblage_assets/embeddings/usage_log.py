@@ -1,5 +1,7 @@
-"""The paid-call log (``embedding_usage_log``): one row per call that a provider billed, with
-its units (predict seconds or tokens) and its cost from the configured prices."""
+"""The paid-call log (``embedding_usage_log``): one row per paid call (an image's, a text
+query's) with its units (predict seconds or tokens), its cost from the configured prices and
+the billable HTTP requests behind it (``requests``: an OpenAI image is a caption and an
+embedding). Counts of "calls" reported anywhere are sums of ``requests``."""
 
 from __future__ import annotations
 
@@ -32,20 +34,22 @@ def log_usage(conn: psycopg.Connection, rows: Sequence[UsageRow]) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO embedding_usage_log (provider, model, image_id, purpose, units, unit,
-                                                input_tokens, output_tokens, cost_usd, ok, run_id, owner)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                                                input_tokens, output_tokens, cost_usd, ok, run_id, requests, owner)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
                        COALESCE(%s, (SELECT owner FROM images WHERE id = %s)))""",
             [
                 (r.provider, r.model, r.image_id, r.purpose, r.usage.units, r.usage.unit, r.usage.input_tokens,
-                 r.usage.output_tokens, round(r.usage.cost_usd, 8), r.ok, r.run_id, r.owner, r.image_id)
+                 r.usage.output_tokens, round(r.usage.cost_usd, 8), r.ok, r.run_id, max(1, r.usage.requests),
+                 r.owner, r.image_id)
                 for r in rows
             ],
         )
 
 
 def run_cost(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
+    """A run's spend; ``calls`` is its billable requests."""
     row = conn.cursor(row_factory=dict_row).execute(
-        """SELECT count(*) AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd,
+        """SELECT coalesce(sum(requests), 0)::int AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd,
                   coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
                   count(*) FILTER (WHERE NOT ok) AS unusable
            FROM embedding_usage_log WHERE run_id = %s""",
@@ -55,21 +59,22 @@ def run_cost(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
 
 
 def cost_summary(conn: psycopg.Connection, recent_runs: int = 5) -> dict[str, Any]:
-    """Spend per provider and model, per owner, and the latest runs that paid anything (for ``status``)."""
+    """Spend per provider and model, per owner, and the latest runs that paid anything (for
+    ``status``); ``calls`` are billable requests."""
     totals = conn.cursor(row_factory=dict_row).execute(
-        """SELECT provider, model, count(*) AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd,
+        """SELECT provider, model, coalesce(sum(requests), 0)::int AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd,
                   coalesce(sum(units), 0)::float AS units, min(unit) AS unit
            FROM embedding_usage_log GROUP BY provider, model ORDER BY provider, model"""
     ).fetchall()
     runs = conn.cursor(row_factory=dict_row).execute(
-        """SELECT run_id, provider, model, count(*) AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd,
+        """SELECT run_id, provider, model, coalesce(sum(requests), 0)::int AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd,
                   max(created_at) AS last_call
            FROM embedding_usage_log WHERE run_id IS NOT NULL
            GROUP BY run_id, provider, model ORDER BY max(created_at) DESC LIMIT %s""",
         (recent_runs,),
     ).fetchall()
     owners = conn.cursor(row_factory=dict_row).execute(
-        """SELECT owner, count(*) AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd
+        """SELECT owner, coalesce(sum(requests), 0)::int AS calls, coalesce(sum(cost_usd), 0)::float AS cost_usd
            FROM embedding_usage_log GROUP BY owner ORDER BY sum(cost_usd) DESC NULLS LAST, owner"""
     ).fetchall()
     return {"by_model": totals, "by_owner": owners, "recent_runs": runs,

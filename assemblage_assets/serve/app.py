@@ -48,7 +48,7 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, exc.status)
+        return JSONResponse({"detail": str(exc)}, exc.status, headers=exc.headers)  # 429: Retry-After
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
@@ -65,6 +65,7 @@ def create_app(service: SearchService, config: ServeConfig) -> FastAPI:
         return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
     app.include_router(build_router(service, config))
+    locator = MediaLocator(config)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 
     @app.get("/healthz", include_in_schema=False)

@@ -8,6 +8,7 @@ images, the caption full-text matches and the tag matches: each list contributes
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import threading
@@ -23,8 +24,8 @@ from psycopg_pool import ConnectionPool
 from assemblage_assets.core import settings
 from assemblage_assets.core.imaging import APPROVED_FORMATS, sniff_format
 from assemblage_assets.core.tags import normalize_tag
-from assemblage_assets.embeddings import search, vectors
-from assemblage_assets.embeddings.usage_log import UsageRow, log_usage
+from assemblage_assets.embeddings import search, text_calls, vectors
+from assemblage_assets.embeddings.rate_limit import RateLimiter
 from assemblage_assets.images.probe import probe_file
 from assemblage_assets.serve import queries
 from assemblage_assets.serve.queries import Filters
@@ -42,9 +43,15 @@ class NotFound(LookupError):
 class BadRequest(ValueError):
     """The client's input cannot be served (4xx with this message)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
+
+
+def _refused(exc: text_calls.CallRefused) -> BadRequest:
+    """The provider's shared rate limit is full: 429, with when to try again."""
+    return BadRequest(str(exc), 429, {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))})
 
 
 def fuse(ranked: dict[str, Sequence[str]], k: int = RRF_K) -> list[tuple[str, float, dict[str, int]]]:
@@ -83,6 +90,7 @@ class SearchService:
 
     def __init__(self, dsn: str, provider: Any = None, *, pool_size: int = 4, ef_search: int | None = None,
                  max_pixels: int | None = None) -> None:
+        self.dsn = dsn
         self.pool = ConnectionPool(dsn, kwargs={"autocommit": True, "row_factory": dict_row}, min_size=1,
                                    max_size=pool_size, configure=search.prepare, open=True, name="assemblage-serve")
         self.active = provider
@@ -90,10 +98,25 @@ class SearchService:
         self.max_pixels = max_pixels or settings.env_int("MAX_IMAGE_PIXELS", settings.DEFAULT_MAX_IMAGE_PIXELS)
         self._model: tuple[float, dict[str, Any]] | None = None
         self._providers: dict[str, Any] = {}
+        self._limiters: dict[str, RateLimiter] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        with self._lock:
+            for limiter in self._limiters.values():
+                limiter.close()
+            self._limiters.clear()
         self.pool.close()
+
+    def limiter(self, provider: Any) -> RateLimiter | None:
+        """The shared rate limiter of a paid provider (one connection, kept for the app's life)."""
+        if not provider.paid:
+            return None
+        with self._lock:
+            if provider.provider_name not in self._limiters:
+                self._limiters[provider.provider_name] = RateLimiter(self.dsn, provider.provider_name,
+                                                                     provider.max_calls_per_min)
+            return self._limiters[provider.provider_name]
 
     def warm(self) -> str:
         """Load the text model of the searched model now, not on the first query; says which."""
@@ -151,20 +174,20 @@ class SearchService:
     def search_text(self, text: str, f: Filters, limit: int, offset: int, ef_search: int | None = None) -> Page:
         model = self.current_model()
         provider = self.provider(model)
-        try:
-            vecs, usage = provider.embed_texts([text])
-        except EmbeddingError as exc:
-            raise BadRequest(f"text embedding failed: {exc}", 502) from None
         depth = offset + limit
         # Each list is cut at a fixed window, not at the page's depth: a fused order computed on
         # shorter lists would differ, and pages would overlap or skip.
         window_size = FUSION_WINDOW * -(-depth // FUSION_WINDOW)
         with self.pool.connection() as conn:
-            if usage is not None:
-                log_usage(conn, [UsageRow(provider.provider_name, model["model"], None, usage, purpose="text",
-                                          owner=settings.env_str("DEFAULT_OWNER") or None)])
+            try:  # a paid provider: a slot of its shared limit, and one cost row (text_calls)
+                vector = text_calls.embed_texts(conn, provider, [text], purpose="text",
+                                                limiter=self.limiter(provider))[0]
+            except text_calls.CallRefused as exc:
+                raise _refused(exc) from None
+            except EmbeddingError as exc:
+                raise BadRequest(f"text embedding failed: {exc}", 502) from None
             lists = {
-                "vector": queries.vector_hits(conn, model, vecs[0], window_size, f,
+                "vector": queries.vector_hits(conn, model, vector, window_size, f,
                                               ef_search=ef_search or self.ef_search),
                 "caption": queries.caption_hits(conn, text, window_size, f),
                 "tags": queries.tag_hits(conn, query_tags(text), window_size, f),
@@ -209,14 +232,15 @@ class SearchService:
             probe = probe_file(path, size, self.max_pixels)
             if probe.status != "pending":
                 raise BadRequest(f"not an acceptable image ({probe.error_kind}): {probe.error_message}", 400)
-            try:
-                outcome = provider.embed_image(EmbedItem(str(probe.image_id), path))
-            except EmbeddingError as exc:
-                raise BadRequest(f"cannot embed the upload: {exc}", 400) from None
+            with self.pool.connection() as conn:
+                try:
+                    outcome = text_calls.embed_image(conn, provider, EmbedItem(str(probe.image_id), path),
+                                                     purpose="search-upload", limiter=self.limiter(provider))
+                except text_calls.CallRefused as exc:
+                    raise _refused(exc) from None
+                except EmbeddingError as exc:
+                    raise BadRequest(f"cannot embed the upload: {exc}", 400) from None
         with self.pool.connection() as conn:
-            if outcome.usage is not None:
-                log_usage(conn, [UsageRow(provider.provider_name, model["model"], None, outcome.usage,
-                                          purpose="search-upload", owner=settings.env_str("DEFAULT_OWNER") or None)])
             return self._nearest_page(conn, model, outcome.vector, f, limit, 0, ef_search, None)
 
     # browsing ------------------------------------------------------------------------------------

@@ -85,6 +85,11 @@ class EmbeddingResource(dg.ConfigurableResource):
         many slots of the shared rate limit for it (``MAX_EMBEDDING_CALLS_PER_MIN`` counts requests)."""
         return 1
 
+    def text_requests(self, count: int) -> int:
+        """How many billable requests ``embed_texts`` of ``count`` texts sends (one batched
+        request unless the provider says otherwise): the slots a paid text call takes."""
+        return 1
+
     def embed_images(self, items: Sequence[EmbedItem]) -> list[EmbedOutcome]:
         """One outcome per item; per-image problems become outcomes, configuration errors raise."""
         outcomes = []

@@ -137,10 +137,15 @@ class ReplicateEmbedding(PaidEmbedding):
         return EmbedOutcome(item.image_id, vector=vector, usage=usage)
 
     def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, Usage | None]:
-        vectors, total = [], Usage(units=0, cost_usd=0.0)
+        vectors: list[np.ndarray] = []
+        total: Usage | None = None
         calls = self._predictions()
         for text in texts:
             vector, usage = self._vector(calls.create({self.text_input_key: text}, None, None))
             vectors.append(vector)
-            total = total + usage
+            total = usage if total is None else total + usage
         return np.stack(vectors), total
+
+    def text_requests(self, count: int) -> int:
+        """One prediction per text."""
+        return count

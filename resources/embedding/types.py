@@ -78,6 +78,7 @@ class Usage:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float = 0.0
+    requests: int = 1  # billable HTTP requests behind it (OpenAI image: a caption + an embedding = 2)
 
     def __add__(self, other: Usage) -> Usage:
         def both(a: int | None, b: int | None) -> int | None:
@@ -89,6 +90,7 @@ class Usage:
             input_tokens=both(self.input_tokens, other.input_tokens),
             output_tokens=both(self.output_tokens, other.output_tokens),
             cost_usd=self.cost_usd + other.cost_usd,
+            requests=self.requests + other.requests,
         )
 
 

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from support.embed_support import FakeReplicate, ingest, query, tiny_clip, write_tree
+from support.embed_support import FakeOpenAI, FakeReplicate, ingest, query, tiny_clip, write_tree
+from support.paid_text import fill_window, usage_rows, window_calls
 
 from assemblage_assets import cli
 from assemblage_assets.cli import demo
 from assemblage_assets.core import db
 from assemblage_assets.dev.tiny_clip import TINY_MODEL_NAME
 from assemblage_assets.embeddings import retry_queue
+from assemblage_assets.embeddings.embed import embed_shard
+from resources import embedding
 from resources.embedding.clip_encoder import is_random_checkpoint
 
 
@@ -105,6 +108,51 @@ def test_provider_test_estimate_and_costs_with_replicate(
     assert len(fake.calls("POST", "/v1/predictions")) == 2  # the estimate spent nothing
     cost = _json(capsys, ["status", "--json"])["embeddings"]["cost"]
     assert cost["total_usd"] == pytest.approx(2 * 0.5 * 0.002)
+
+
+def test_paid_search_and_provider_test_take_slots_of_the_shared_limit_or_are_refused(
+    tree: Path, pg_dsn: str, assemblage_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    limit = 3
+    with FakeOpenAI() as fake:
+        for key, value in {
+            "EMBEDDING_PROVIDER": "openai", "OPENAI_API_KEY": "sk-cli", "OPENAI_BASE_URL": f"{fake.url}/v1",
+            "OPENAI_EMBEDDING_DIMENSIONS": "8", "MAX_EMBEDDING_CALLS_PER_MIN": "0", "DEFAULT_OWNER": "team-search",
+            "TEXT_CALL_MAX_WAIT_SECONDS": "0.5",
+        }.items():
+            monkeypatch.setenv(key, value)
+        with db.connect(pg_dsn) as conn:  # vectors to search (no limit while embedding them)
+            embed_shard(conn, "parks", embedding.from_env(), dsn=pg_dsn,
+                        cache_dir=Path(assemblage_env["ASSEMBLAGE_HOME"]) / "derivatives", run_id="embed")
+        monkeypatch.setenv("MAX_EMBEDDING_CALLS_PER_MIN", str(limit))
+        fill_window(pg_dsn, "openai", limit)  # another run holds every slot of this minute
+        sent, embeds = len(fake.requests), len(fake.calls("POST", "/v1/embeddings"))
+
+        for argv in (["search", "orange car"], ["provider-test"]):
+            capsys.readouterr()
+            assert cli.main(argv) == 2
+            err = capsys.readouterr().err
+            assert "openai is busy: no call slot within 0.5s" in err and "Nothing was sent; try again in" in err
+        assert len(fake.requests) == sent and window_calls(pg_dsn, "openai") == limit
+        assert usage_rows(pg_dsn, "text") == [] and usage_rows(pg_dsn, "provider-test") == []
+
+        monkeypatch.setenv("MAX_EMBEDDING_CALLS_PER_MIN", str(limit + 1))  # room for one request
+        found = _json(capsys, ["search", "orange car", "-k", "2", "--json"])
+        assert len(found["results"]) == 2 and len(fake.calls("POST", "/v1/embeddings")) == embeds + 1
+        assert window_calls(pg_dsn, "openai") == limit + 1  # exactly one slot
+        (row,) = usage_rows(pg_dsn, "text")
+        assert (row["provider"], row["requests"], row["ok"], row["owner"], row["image_id"]) == (
+            "openai", 1, True, "team-search", None)
+        assert cli.main(["search", "orange car"]) == 2  # the window is full again
+        assert len(fake.requests) == sent + 1
+
+        monkeypatch.setenv("MAX_EMBEDDING_CALLS_PER_MIN", str(limit + 3))  # a caption and an embedding
+        assert cli.main(["provider-test"]) == 0
+        assert len(fake.requests) == sent + 3 and window_calls(pg_dsn, "openai") == limit + 3
+        (row,) = usage_rows(pg_dsn, "provider-test")
+        assert (row["requests"], row["ok"], row["owner"]) == (2, True, "team-search")
+    assert len(usage_rows(pg_dsn, "text")) == 1  # a refused query logs nothing
 
 
 def test_demo_uses_a_tiny_model_only_when_allowed_and_says_so(

@@ -62,7 +62,7 @@ def test_materialize_one_partition_with_checks_and_metadata(setup, pg_dsn: str) 
     assert result.success
     meta = result.asset_materializations_for_node("embeddings")[0].metadata
     assert meta["embedded"].value == 2 and meta["model"].value == "tiny-clip" and meta["dim"].value == 16
-    assert meta["cost_usd"].value == 0.0 and meta["paid_calls"].value == 0
+    assert meta["cost_usd"].value == 0.0 and meta["paid_requests"].value == 0
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["embedding_count"].passed and checks["vector_dim"].passed
     assert checks["embedding_count"].metadata["vectors"].value == 2

@@ -164,7 +164,7 @@ def test_search_returns_the_stored_nearest_neighbour(pg_dsn: str, tree: tuple[Pa
     matrix = np.stack([stored[i] for i in ids])
     with db.connect(pg_dsn) as conn:
         model = search.pick_model(conn, None, provider.model_id)
-        hits, _ = search.search_text(conn, provider, model, "orange car", k=5)
+        hits = search.search_text(conn, provider, model, "orange car", k=5)
         text = provider.embed_texts(["orange car"])[0][0]
         expected = [ids[i] for i in np.argsort(1 - matrix @ text)]
         assert [h["image_id"] for h in hits] == expected

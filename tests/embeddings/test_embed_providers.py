@@ -35,8 +35,11 @@ from support.embed_support import (
 
 from assemblage_assets.constants import preview_key
 from assemblage_assets.core import db
+from assemblage_assets.embeddings import text_calls
 from assemblage_assets.embeddings.embed import embed_shard
 from assemblage_assets.embeddings.rate_limit import RateLimiter
+from assemblage_assets.embeddings.text_calls import CallRefused
+from assemblage_assets.embeddings.usage_log import run_cost
 from resources.embedding import DEFAULT_REPLICATE_MODEL, OpenAIEmbedding, ReplicateEmbedding
 from resources.embedding.types import ProviderConfigError
 
@@ -254,7 +257,10 @@ def test_two_concurrent_runs_of_a_shard_pay_once_per_image(pg_dsn: str, tree: tu
 
 _RATE_CHILD = """
 import json, sys
+from assemblage_assets.embeddings import text_calls
 from assemblage_assets.embeddings.rate_limit import RateLimiter
+from assemblage_assets.embeddings.text_calls import CallRefused
+from assemblage_assets.embeddings.usage_log import run_cost
 limiter = RateLimiter(sys.argv[1], "replicate", 10, window_seconds=3600)
 print(json.dumps(sum(limiter.try_acquire() == 0.0 for _ in range(30))))
 """
@@ -313,6 +319,37 @@ def test_openai_route_captions_tags_and_embeds_with_token_costs(pg_dsn: str, tre
     assert sorted((u["input_tokens"], u["output_tokens"], u["ok"]) for u in usage) == [(12, 0, True), (850, 40, False), (862, 40, True)]
     assert sum(u["cost"] for u in usage) == pytest.approx(2 * caption_cost + 2 * embed_cost, rel=1e-4)
     assert any(not u["ok"] and u["cost"] == pytest.approx(caption_cost, rel=1e-4) for u in usage)
+
+
+def test_openai_reports_count_billable_requests_not_images(pg_dsn: str, tree: tuple[Path, Path]) -> None:
+    _, cache = tree
+    lines: list[str] = []
+    with FakeOpenAI() as fake:
+        report = run(pg_dsn, "mixed", openai_provider(fake, concurrency=2), cache, run_id="run-k", progress=lines.append)
+        billed = len(fake.calls(*OPENAI_BILLABLE[0])) + len(fake.calls(*OPENAI_BILLABLE[1]))
+    images = report.counts["embedded"]
+    assert images == 6 and billed == 2 * images  # a caption and an embedding per image
+    assert report.paid_calls == billed and f"{billed} paid requests" in lines[-1]
+    with db.connect(pg_dsn) as conn:
+        assert run_cost(conn, "run-k")["calls"] == billed  # what the asset's paid_requests metadata shows
+    rows = query(pg_dsn, "SELECT requests FROM embedding_usage_log WHERE run_id = 'run-k'")
+    assert [r["requests"] for r in rows] == [2] * images  # one cost row per image, two requests each
+
+
+def test_a_429_on_a_text_query_pauses_the_provider_for_every_caller(pg_dsn: str) -> None:
+    with FakeOpenAI() as fake, db.connect(pg_dsn) as conn:
+        fake.script("POST", "/v1/embeddings", Reply(429, {"error": {"message": "slow"}}, headers={"Retry-After": "30"}))
+        provider = openai_provider(fake, max_calls_per_min=10, call_attempts=1)
+        with pytest.raises(CallRefused, match="try again in 3[01]s"):  # Retry-After is beyond the 0.5 s budget
+            text_calls.embed_texts(conn, provider, ["orange car"], dsn=pg_dsn, max_wait=0.5)
+        assert len(fake.requests) == 1  # refused by the provider, then nothing more
+        pause = query(pg_dsn, "SELECT extract(epoch FROM paused_until - now())::float AS s FROM embedding_provider_pause")
+        assert 25 < pause[0]["s"] <= 30
+        with pytest.raises(CallRefused):  # another caller honours the pause without a request
+            text_calls.embed_texts(conn, provider, ["green park"], dsn=pg_dsn, max_wait=0.5)
+        with RateLimiter(pg_dsn, "openai", 10) as stage:  # and so do the ingest runs
+            assert stage.try_acquire(2) > 25
+        assert len(fake.requests) == 1 and query(pg_dsn, "SELECT count(*) AS n FROM embedding_usage_log")[0]["n"] == 0
 
 
 def test_openai_sends_a_clean_data_url_or_the_thumbnail_url_never_the_watermarked_preview(

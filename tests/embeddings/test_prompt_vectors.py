@@ -7,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.embed_support import image_ids, ingest, query, tiny_clip, write_tree
+from support.embed_support import FakeReplicate, image_ids, ingest, query, tiny_clip, write_tree
+from support.paid_text import fill_window, usage_rows, window_calls
 
 from assemblage_assets.core import db
 from assemblage_assets.embeddings import prompt_vectors
-from assemblage_assets.embeddings.embed import embed_shard
+from assemblage_assets.embeddings.embed import embed_shard, vocabulary_vectors
 from assemblage_assets.embeddings.tags import PROMPT
-from resources.embedding import LocalClipEmbedding
+from assemblage_assets.embeddings.text_calls import CallRefused
+from resources.embedding import LocalClipEmbedding, ReplicateEmbedding
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +78,22 @@ def test_later_steps_read_the_vocabulary_instead_of_embedding_it(
     assert _step(pg_dsn, "parks", grown, cache).counts["embedded"] == 2
     assert text_calls == [[PROMPT.format("boat")]]
     assert query(pg_dsn, "SELECT count(*) AS n FROM prompt_vectors")[0]["n"] == 5
+
+
+def test_a_paid_vocabulary_takes_slots_of_the_shared_limit(pg_dsn: str) -> None:
+    limit = 5
+    fill_window(pg_dsn, "replicate", 2)  # another run took 2 of this minute's 5 slots
+    prompt_vectors.forget()
+    with FakeReplicate(dim=768) as fake, db.connect(pg_dsn) as conn:
+        provider = ReplicateEmbedding(api_token="r8_test", base_url=fake.url, timeout_seconds=5.0,
+                                      max_calls_per_min=limit, price_per_second=0.001)
+        found = vocabulary_vectors(conn, provider, ["car", "park", "tree"], "run-v", dsn=pg_dsn, max_wait_seconds=0.5)
+        assert found.shape == (3, 768) and fake.created == 3  # one prediction per prompt
+        assert window_calls(pg_dsn, "replicate") == limit  # one slot per prediction
+        (row,) = usage_rows(pg_dsn, "text")
+        assert (row["requests"], row["run_id"], row["ok"]) == (3, "run-v", True)
+        prompt_vectors.forget()
+        with pytest.raises(CallRefused, match="no call slot within 0.5s"):  # the window is full: nothing sent
+            vocabulary_vectors(conn, provider, ["car", "boat"], "run-w", dsn=pg_dsn, max_wait_seconds=0.5)
+        assert fake.created == 3 and len(usage_rows(pg_dsn, "text")) == 1
+    prompt_vectors.forget()

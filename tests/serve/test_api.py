@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from support.embed_support import FakeOpenAI, ingest, write_tree
+from support.paid_text import fill_window, usage_rows, window_calls
 from support.serve_support import Catalogue, unit
 
 from assemblage_assets.core import db
 from assemblage_assets.embeddings import search
+from assemblage_assets.embeddings.embed import embed_shard
 from assemblage_assets.serve import security
 from assemblage_assets.serve.app import create_app
 from assemblage_assets.serve.service import SearchService, fuse, query_tags
+from resources.embedding import OpenAIEmbedding
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -166,6 +170,45 @@ def test_search_by_upload_is_validated_and_not_stored(client: TestClient, catalo
     truncated = b"\xff\xd8\xff\xe0" + b"\x00" * 40
     assert client.post("/api/search/image", files={"file": ("x.jpg", truncated, "image/jpeg")}).status_code == 400
     assert client.post("/api/search/image").status_code == 422
+
+
+def test_paid_text_and_upload_searches_take_slots_of_the_shared_limit_or_get_429(
+    catalogue: Catalogue, pg_dsn: str, tmp_path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+) -> None:
+    monkeypatch.setenv("TEXT_CALL_MAX_WAIT_SECONDS", "0.5")
+    monkeypatch.setenv("DEFAULT_OWNER", "team-api")
+    images = write_tree(tmp_path / "images", {"cars": ["orange", "blue"]})
+    ingest(pg_dsn, images, tmp_path / "cache")
+    limit = 4
+    with FakeOpenAI() as fake:
+        options = {"api_key": "sk-api", "base_url": f"{fake.url}/v1", "dimensions": 8, "timeout_seconds": 5.0}
+        with db.connect(pg_dsn) as conn:
+            embed_shard(conn, "cars", OpenAIEmbedding(**options, max_calls_per_min=0), dsn=pg_dsn,
+                        cache_dir=tmp_path / "cache", run_id="embed")
+        fill_window(pg_dsn, "openai", limit)  # ingest runs hold every slot of this minute
+        sent = len(fake.requests)
+        svc = SearchService(pg_dsn, OpenAIEmbedding(**options, max_calls_per_min=limit + 1))
+        try:
+            client = TestClient(create_app(svc, catalogue.config()), raise_server_exceptions=False)
+            # an upload costs a caption and an embedding: two slots, and one is left
+            upload = {"file": ("x.jpg", (images / "cars" / "orange-0.jpg").read_bytes(), "image/jpeg")}
+            response = client.post("/api/search/image", files=upload)
+            assert response.status_code == 429 and int(response.headers["retry-after"]) >= 1
+            assert "no call slot within 0.5s" in response.json()["detail"]
+            assert len(fake.requests) == sent and window_calls(pg_dsn, "openai") == limit
+            assert usage_rows(pg_dsn, "search-upload") == []
+
+            response = client.get("/api/search", params={"q": "orange car"})  # takes the one slot left
+            assert response.status_code == 200 and len(response.json()["items"]) == 2
+            assert len(fake.requests) == sent + 1 and window_calls(pg_dsn, "openai") == limit + 1
+            (row,) = usage_rows(pg_dsn, "text")
+            assert (row["provider"], row["requests"], row["owner"]) == ("openai", 1, "team-api")
+            response = client.get("/api/search", params={"q": "orange car"})  # the window is full
+            assert response.status_code == 429 and int(response.headers["retry-after"]) >= 1
+            assert len(fake.requests) == sent + 1 and len(usage_rows(pg_dsn, "text")) == 1
+            assert window_calls(pg_dsn, "openai") == limit + 1
+        finally:
+            svc.close()
 
 
 def test_upload_larger_than_the_cap_is_refused(service: SearchService, catalogue: Catalogue) -> None:

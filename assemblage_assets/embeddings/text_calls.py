@@ -15,7 +15,8 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from contextlib import AbstractContextManager
+from typing import TypeAlias, TypeVar
 
 import numpy as np
 import psycopg
@@ -39,6 +40,9 @@ DEFAULT_PAUSE_SECONDS = 30.0  # a 429 without Retry-After pauses the provider th
 MAX_429 = 3
 
 T = TypeVar("T")
+# Where cost rows go: a connection, or a source of one (a pool's ``connection``) taken only for
+# the write, so a server's pool is not held for the length of a paid call and its wait.
+Db: TypeAlias = psycopg.Connection | Callable[[], AbstractContextManager[psycopg.Connection]]
 
 
 class CallRefused(RateLimitedError):
@@ -53,7 +57,7 @@ def max_wait_seconds() -> float:
 
 
 def embed_texts(
-    conn: psycopg.Connection, provider: EmbeddingResource, texts: Sequence[str], *, purpose: str = "text",
+    conn: Db, provider: EmbeddingResource, texts: Sequence[str], *, purpose: str = "text",
     run_id: str | None = None, dsn: str = "", limiter: RateLimiter | None = None, max_wait: float | None = None,
 ) -> np.ndarray:
     """Vectors of ``texts`` from ``provider``; a paid provider's requests go through the shared
@@ -71,7 +75,7 @@ def embed_texts(
 
 
 def embed_image(
-    conn: psycopg.Connection, provider: EmbeddingResource, item: EmbedItem, *, purpose: str,
+    conn: Db, provider: EmbeddingResource, item: EmbedItem, *, purpose: str,
     run_id: str | None = None, dsn: str = "", limiter: RateLimiter | None = None, max_wait: float | None = None,
 ) -> EmbedOutcome:
     """One image outside a shard (``provider-test``, search by an image file or upload), through
@@ -100,10 +104,12 @@ def _dsn_of(conn: psycopg.Connection) -> str:
 class _Gate:
     """One provider's slots, 429 pauses and cost rows for the calls of one operation."""
 
-    def __init__(self, conn: psycopg.Connection, provider: EmbeddingResource, purpose: str, run_id: str | None,
+    def __init__(self, conn: Db, provider: EmbeddingResource, purpose: str, run_id: str | None,
                  dsn: str, limiter: RateLimiter | None, max_wait: float | None) -> None:
         self.conn, self.provider, self.purpose, self.run_id = conn, provider, purpose, run_id
         self.owned = limiter is None
+        if limiter is None and not dsn and not isinstance(conn, psycopg.Connection):
+            raise ValueError("a connection source needs a limiter or a dsn")
         self.limiter = limiter or RateLimiter(dsn or _dsn_of(conn), provider.provider_name, provider.max_calls_per_min)
         self.max_wait = max_wait_seconds() if max_wait is None else max_wait
         self.deadline = time.monotonic() + self.max_wait
@@ -157,7 +163,12 @@ class _Gate:
             self.limiter.sleep(wait)
 
     def _log(self, usage: Usage | None, *, ok: bool) -> None:
-        if usage is not None:
-            log_usage(self.conn, [UsageRow(self.provider.provider_name, self.provider.model_id, None, usage,
-                                           purpose=self.purpose, ok=ok, run_id=self.run_id,
-                                           owner=settings.env_str("DEFAULT_OWNER") or None)])
+        if usage is None:
+            return
+        rows = [UsageRow(self.provider.provider_name, self.provider.model_id, None, usage, purpose=self.purpose,
+                         ok=ok, run_id=self.run_id, owner=settings.env_str("DEFAULT_OWNER") or None)]
+        if isinstance(self.conn, psycopg.Connection):
+            log_usage(self.conn, rows)
+        else:
+            with self.conn() as conn:
+                log_usage(conn, rows)

@@ -178,14 +178,14 @@ class SearchService:
         # Each list is cut at a fixed window, not at the page's depth: a fused order computed on
         # shorter lists would differ, and pages would overlap or skip.
         window_size = FUSION_WINDOW * -(-depth // FUSION_WINDOW)
+        try:  # a paid provider: a slot of its shared limit, and one cost row (text_calls)
+            vector = text_calls.embed_texts(self.pool.connection, provider, [text], purpose="text",
+                                            limiter=self.limiter(provider))[0]
+        except text_calls.CallRefused as exc:
+            raise _refused(exc) from None
+        except EmbeddingError as exc:
+            raise BadRequest(f"text embedding failed: {exc}", 502) from None
         with self.pool.connection() as conn:
-            try:  # a paid provider: a slot of its shared limit, and one cost row (text_calls)
-                vector = text_calls.embed_texts(conn, provider, [text], purpose="text",
-                                                limiter=self.limiter(provider))[0]
-            except text_calls.CallRefused as exc:
-                raise _refused(exc) from None
-            except EmbeddingError as exc:
-                raise BadRequest(f"text embedding failed: {exc}", 502) from None
             lists = {
                 "vector": queries.vector_hits(conn, model, vector, window_size, f,
                                               ef_search=ef_search or self.ef_search),
@@ -232,14 +232,13 @@ class SearchService:
             probe = probe_file(path, size, self.max_pixels)
             if probe.status != "pending":
                 raise BadRequest(f"not an acceptable image ({probe.error_kind}): {probe.error_message}", 400)
-            with self.pool.connection() as conn:
-                try:
-                    outcome = text_calls.embed_image(conn, provider, EmbedItem(str(probe.image_id), path),
-                                                     purpose="search-upload", limiter=self.limiter(provider))
-                except text_calls.CallRefused as exc:
-                    raise _refused(exc) from None
-                except EmbeddingError as exc:
-                    raise BadRequest(f"cannot embed the upload: {exc}", 400) from None
+            try:  # the pool is held only to write the cost row, not for the call
+                outcome = text_calls.embed_image(self.pool.connection, provider, EmbedItem(str(probe.image_id), path),
+                                                 purpose="search-upload", limiter=self.limiter(provider))
+            except text_calls.CallRefused as exc:
+                raise _refused(exc) from None
+            except EmbeddingError as exc:
+                raise BadRequest(f"cannot embed the upload: {exc}", 400) from None
         with self.pool.connection() as conn:
             return self._nearest_page(conn, model, outcome.vector, f, limit, 0, ef_search, None)
 

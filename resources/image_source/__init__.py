@@ -22,6 +22,7 @@ from pathlib import Path
 from assemblage_assets.core import settings
 from resources.image_source.base import (
     ROOT,
+    CursorResetError,
     EntryError,
     ImageSource,
     SourceConfigError,
@@ -37,7 +38,7 @@ from resources.image_source.local import LocalFolderSource
 from resources.image_source.s3 import S3Source
 
 __all__ = [
-    "ROOT", "DropboxSource", "EntryError", "ImageSource", "LocalFolderSource", "S3Source", "SourceConfigError",
+    "ROOT", "CursorResetError", "DropboxSource", "EntryError", "ImageSource", "LocalFolderSource", "S3Source", "SourceConfigError",
     "SourceEntry", "SourceError", "SourceShard", "TransientSourceError", "TruncatedDownloadError", "from_env", "from_uri", "is_remote_uri",
     "source_uris", "with_retries",
 ]

@@ -43,6 +43,12 @@ class TruncatedDownloadError(TransientSourceError):
     kind = "truncated"
 
 
+class CursorResetError(SourceError):
+    """The source no longer honours a change cursor (Dropbox ``reset``): list it in full again."""
+
+    kind = "cursor-reset"
+
+
 class EntryError(SourceError):
     """This one entry cannot be read (deleted since it was listed, forbidden, too large)."""
 

@@ -1,7 +1,8 @@
 """A Dropbox folder as an image source, through the official ``dropbox`` SDK.
 
-Listing pages through ``files/list_folder`` + ``files/list_folder/continue`` cursors; the
-change marker is Dropbox's ``content_hash``, checked again on the downloaded bytes (so a
+Listing pages through ``files/list_folder`` + ``files/list_folder/continue`` cursors, and the
+same cursors give the changes since (``changes``, from ``latest_cursor``: the uploads sensor's
+feed); the change marker is Dropbox's ``content_hash``, checked again on the downloaded bytes (so a
 truncated or swapped body never gets in). The SDK itself waits out HTTP 429 for the
 ``Retry-After`` the server sends (``max_rate_limit_retries`` times), and refreshes a short-lived
 token when an app key + refresh token are configured.
@@ -22,6 +23,7 @@ from pydantic import Field, PrivateAttr
 from assemblage_assets.core import settings
 from resources.image_source.base import (
     ROOT,
+    CursorResetError,
     EntryError,
     ImageSource,
     SourceConfigError,
@@ -163,6 +165,8 @@ class DropboxSource(ImageSource):
             return TransientSourceError(f"{what}: HTTP {getattr(exc, 'status_code', '5xx')}")
         if isinstance(exc, exceptions.ApiError):
             error = exc.error
+            if getattr(error, "is_reset", None) and error.is_reset():
+                return CursorResetError(f"{what}: Dropbox reset the change cursor; list the folder again")
             lookup = error.get_path() if hasattr(error, "is_path") and error.is_path() else None
             if lookup is not None and lookup.is_not_found():
                 return EntryError("source-missing", f"{what}: not found (deleted since it was listed?)")
@@ -223,6 +227,31 @@ class DropboxSource(ImageSource):
             if not shard.recursive:
                 raise self._root_error(exc) from None
             # the shard's folder is gone: it has no entries any more
+
+    def latest_cursor(self) -> str:
+        """A cursor for the whole (recursive) folder as it is now, without listing it."""
+        try:
+            return str(self._call("files_list_folder_get_latest_cursor", self.folder, recursive=True,
+                                  limit=self.page_size).cursor)
+        except EntryError as exc:
+            raise self._root_error(exc) from None
+
+    def changes(self, cursor: str) -> Iterator[tuple[list[SourceEntry], str, bool]]:
+        """What changed under the folder since ``cursor``, a page at a time: (files added or
+        modified, the cursor after this page, whether more pages follow). Deletions and folders
+        carry no bytes and are left out. A cursor Dropbox no longer honours raises
+        ``CursorResetError``; stopping after any page and resuming from its cursor loses nothing."""
+        from dropbox.files import FileMetadata
+
+        while True:
+            try:
+                page = self._call("files_list_folder_continue", cursor)
+            except EntryError as exc:
+                raise self._root_error(exc) from None
+            cursor = str(page.cursor)
+            yield [self._entry(item) for item in page.entries if isinstance(item, FileMetadata)], cursor, bool(page.has_more)
+            if not page.has_more:
+                return
 
     def _entry(self, item: Any) -> SourceEntry:
         modified = item.server_modified.replace(tzinfo=UTC).timestamp() if item.server_modified else None

@@ -122,8 +122,15 @@ def test_uploads_sensor_requests_runs_for_shards_with_new_entries(
 
 def test_two_uploads_in_the_same_second_get_two_run_keys() -> None:
     """S3 modification times have a 1 s resolution: the run key must not rest on the time alone."""
-    from assemblage_assets.images.uploads_sensor import _fingerprint
-    from resources.image_source import SourceEntry
+    from assemblage_assets.images.sources import ShardRef
+    from assemblage_assets.images.uploads_feed import ShardUploads
+    from resources.image_source import S3Source, SourceEntry
+
+    def _fingerprint(entries: list[SourceEntry]) -> str:
+        shard = ShardUploads(ShardRef("bob", S3Source(bucket="b", prefix="u/")))
+        for e in entries:
+            shard.add(e.uri, e.marker, e.modified)
+        return shard.fingerprint
 
     first = [SourceEntry("s3://b/u/bob/b.jpg", 10, '"e1"', 1796173431.0)]
     both = first + [SourceEntry("s3://b/u/bob/later.jpg", 12, '"e2"', 1796173431.0)]

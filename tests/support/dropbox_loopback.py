@@ -1,7 +1,10 @@
 """A loopback HTTPS stand-in for the Dropbox API routes the image source calls, for the
 official ``dropbox`` SDK: ``files/list_folder`` (+ ``/continue`` cursors), ``files/download``,
-``files/get_metadata`` and ``oauth2/token``. Its certificate comes from a ``trustme`` test CA
-whose PEM the SDK is given (``ca_certs``); the SDK is pointed at it by host (``api_host``).
+``files/get_metadata`` and ``oauth2/token``. The change feed too: ``get_latest_cursor``, and a
+continue on a finished listing's cursor answers only the changes since (a log of ``put`` and
+``remove``); cursors can be continued again, like Dropbox's, until ``reset_cursors``. Its
+certificate comes from a ``trustme`` test CA whose PEM the SDK is given (``ca_certs``); the SDK
+is pointed at it by host (``api_host``).
 
 Faults: ``rate_limit`` (route -> how many 429s with ``Retry-After`` to answer first),
 ``truncate`` (paths whose download body is cut short), ``delete_on_download`` (paths that
@@ -42,12 +45,24 @@ class DropboxStandIn:
     delete_on_download: set[str] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
     refresh_token: str = "refresh-token-never-logged"
-    _cursors: dict[str, tuple[int, list[dict]]] = field(default_factory=dict)
+    _cursors: dict[str, dict] = field(default_factory=dict)
+    _changes: list[str] = field(default_factory=list)  # path per change, in order: the change log
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def put(self, path: str, data: bytes) -> None:
         self.files[path] = data
         self.modified[path] = datetime.now(UTC).replace(microsecond=0)
+        self._changes.append(path)
+
+    def remove(self, path: str) -> None:
+        self.files.pop(path, None)
+        self.modified.pop(path, None)
+        self._changes.append(path)
+
+    def reset_cursors(self) -> None:
+        """Every cursor handed out so far answers ``reset`` from now on."""
+        with self._lock:
+            self._cursors.clear()
 
     # --- metadata ---------------------------------------------------------------------------
 
@@ -95,33 +110,50 @@ class DropboxStandIn:
             return 200, {}, {"access_token": self.token, "expires_in": 14400, "token_type": "bearer"}
         if auth != f"Bearer {self.token}":
             return 401, {}, {"error_summary": "invalid_access_token/", "error": {".tag": "invalid_access_token"}}
-        if name in ("files/list_folder", "files/list_folder/continue"):
+        if name in ("files/list_folder", "files/list_folder/continue", "files/list_folder/get_latest_cursor"):
             return self._list(name, arg)
         path = arg.get("path", "")
         if name == "files/download" and path in self.delete_on_download:
-            self.files.pop(path, None)
+            self.remove(path)
         if path not in self.files:
             return 409, {}, {"error_summary": "path/not_found/", "error": {".tag": "path", "path": {".tag": "not_found"}}}
         if name == "files/get_metadata":
             return 200, {}, self._file_meta(path)
         return 200, {"Dropbox-API-Result": json.dumps(self._file_meta(path))}, self.files[path]
 
+    def _changed_since(self, folder: str, recursive: bool, seq: int) -> list[dict]:
+        """The latest state of every path under ``folder`` changed after change number ``seq``."""
+        prefix = folder.rstrip("/").lower() + "/"
+        paths = list(dict.fromkeys(p for p in self._changes[seq:] if p.lower().startswith(prefix)
+                                   and (recursive or "/" not in p[len(prefix):])))
+        return [self._file_meta(p) if p in self.files else
+                {".tag": "deleted", "name": p.rsplit("/", 1)[-1], "path_lower": p.lower(), "path_display": p}
+                for p in paths]
+
     def _list(self, name: str, arg: dict) -> tuple[int, dict, dict]:
-        if name == "files/list_folder":
-            entries = self._listing(arg.get("path", ""), bool(arg.get("recursive")))
-            if entries is None:
-                return 409, {}, {"error_summary": "path/not_found/", "error": {".tag": "path", "path": {".tag": "not_found"}}}
-            limit = int(arg.get("limit") or 2000)
-        else:
-            state = self._cursors.pop(arg["cursor"], None)
-            if state is None:
-                return 409, {}, {"error_summary": "reset/", "error": {".tag": "reset"}}
-            limit, entries = state
-        page, rest = entries[:limit], entries[limit:]
-        cursor = uuid.uuid4().hex
-        if rest:
-            self._cursors[cursor] = (limit, rest)
-        return 200, {}, {"entries": page, "cursor": cursor, "has_more": bool(rest)}
+        with self._lock:
+            seq = len(self._changes)
+            if name in ("files/list_folder", "files/list_folder/get_latest_cursor"):
+                folder, recursive = arg.get("path", ""), bool(arg.get("recursive"))
+                entries = self._listing(folder, recursive)
+                if entries is None:
+                    return 409, {}, {"error_summary": "path/not_found/", "error": {".tag": "path", "path": {".tag": "not_found"}}}
+                state = {"folder": folder, "recursive": recursive, "limit": int(arg.get("limit") or 2000)}
+                if name.endswith("get_latest_cursor"):
+                    cursor = uuid.uuid4().hex
+                    self._cursors[cursor] = {**state, "rest": [], "seq": seq}
+                    return 200, {}, {"cursor": cursor}
+            else:
+                state = self._cursors.get(arg["cursor"])  # kept: a cursor can be continued again
+                if state is None:
+                    return 409, {}, {"error_summary": "reset/", "error": {".tag": "reset"}}
+                entries = state["rest"] or self._changed_since(state["folder"], state["recursive"], state["seq"])
+                seq = state["seq"] if state["rest"] else seq
+            limit = state["limit"]
+            page, rest = entries[:limit], entries[limit:]
+            cursor = uuid.uuid4().hex
+            self._cursors[cursor] = {**state, "rest": rest, "seq": seq}
+            return 200, {}, {"entries": page, "cursor": cursor, "has_more": bool(rest)}
 
 
 class DropboxServer:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 from assemblage_assets.core import settings
+from resources.request_counts import RequestCounts
 
 _BATCH = 10  # SQS's most messages per ReceiveMessage / entries per DeleteMessageBatch
 _CONFIG_CODES = {"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch",
@@ -127,7 +127,7 @@ class UploadQueue:
     max_messages: int = 100
     _client: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _counts: Counter[str] = field(default_factory=Counter, repr=False)
+    _counts: RequestCounts = field(default_factory=RequestCounts, repr=False)
 
     @classmethod
     def from_env(cls, min_visibility: int = 0) -> UploadQueue | None:
@@ -171,16 +171,11 @@ class UploadQueue:
                     aws_access_key_id=key or None, aws_secret_access_key=secret or None,
                     config=Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=20),
                 )
-                self._client.meta.events.register("before-call.sqs", self._count_call)
+                self._counts.count_boto3_calls(self._client, "sqs")
             return self._client
 
-    def _count_call(self, model: Any, **_: Any) -> None:
-        with self._lock:
-            self._counts[model.name] += 1
-
     def request_counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
+        return self._counts.snapshot()
 
     def _error(self, exc: Exception, what: str) -> QueueError:
         response = getattr(exc, "response", None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
@@ -33,6 +32,7 @@ from resources.image_source.base import (
     TruncatedDownloadError,
     write_stream,
 )
+from resources.request_counts import RequestCounts
 
 _BLOCK = 4 * 1024 * 1024  # Dropbox content_hash: sha256 of the sha256 of each 4 MiB block
 
@@ -85,7 +85,7 @@ class DropboxSource(ImageSource):
 
     _client: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _counts: Counter[str] = PrivateAttr(default_factory=Counter)
+    _counts: RequestCounts = PrivateAttr(default_factory=RequestCounts)
 
     @classmethod
     def from_uri(cls, uri: str, **fields: Any) -> DropboxSource:
@@ -132,16 +132,14 @@ class DropboxSource(ImageSource):
             return self._client
 
     def _call(self, route: str, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            self._counts[route] += 1
+        self._counts.add(route)
         try:
             return getattr(self.client(), route)(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - classified
             raise self._error(exc, route, kwargs.get("path") or (args[0] if args else "")) from None
 
     def request_counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
+        return self._counts.snapshot()
 
     def _error(self, exc: BaseException, route: str, path: str) -> Exception:
         import requests

@@ -9,7 +9,6 @@ for entries that are new or changed, with ``If-Match`` so the bytes are the ones
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from resources.image_source.base import (
     TruncatedDownloadError,
     write_stream,
 )
+from resources.request_counts import RequestCounts
 
 _CHUNK = 1024 * 1024
 _CONFIG_CODES = {
@@ -74,7 +74,7 @@ class S3Source(ImageSource):
 
     _client: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _counts: Counter[str] = PrivateAttr(default_factory=Counter)
+    _counts: RequestCounts = PrivateAttr(default_factory=RequestCounts)
 
     @classmethod
     def from_uri(cls, uri: str, **fields: Any) -> S3Source:
@@ -122,16 +122,11 @@ class S3Source(ImageSource):
                     config=Config(retries={"mode": "standard", "max_attempts": self.max_attempts},
                                   max_pool_connections=16, s3={"addressing_style": self.addressing_style}),
                 )
-                self._client.meta.events.register("before-call.s3", self._count_call)
+                self._counts.count_boto3_calls(self._client, "s3")
             return self._client
 
-    def _count_call(self, model: Any, **_: Any) -> None:
-        with self._lock:
-            self._counts[model.name] += 1
-
     def request_counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
+        return self._counts.snapshot()
 
     def _error(self, exc: BaseException, what: str) -> Exception:
         from botocore.exceptions import (

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from typing import Literal
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
+
+from resources.request_counts import RequestCounts
 
 Visibility = Literal["public", "private"]
 
@@ -98,8 +99,7 @@ class ObjectStore(dg.ConfigurableResource):
         "every object (the older loader's way) or 'none' to overwrite (SKIP_R2_HEAD=true).",
     )
 
-    _counts: Counter[str] = PrivateAttr(default_factory=Counter)
-    _counts_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _counts: RequestCounts = PrivateAttr(default_factory=RequestCounts)
 
     # Interface ---------------------------------------------------------------------------------
 
@@ -162,12 +162,10 @@ class ObjectStore(dg.ConfigurableResource):
 
     def request_counts(self) -> dict[str, int]:
         """API calls made so far, by operation (cost and speed accounting)."""
-        with self._counts_lock:
-            return dict(self._counts)
+        return self._counts.snapshot()
 
     def _count(self, operation: str, n: int = 1) -> None:
-        with self._counts_lock:
-            self._counts[operation] += n
+        self._counts.add(operation, n)
 
     def existing(
         self, visibility: Visibility, keys: Collection[str], population: Mapping[str, int] | None = None

@@ -1,5 +1,5 @@
 """What a quiet tick of the uploads sensor costs: the full listing (the baseline, and still the
-path for R2 or a bucket without a queue) vs S3 event notifications in SQS vs Dropbox's change
+path of a bucket without a queue) vs S3 event notifications in SQS vs Dropbox's change
 cursor, measured in the same run.
 
 A bucket of ``--objects`` keys in ``--shards`` prefixes on moto's standalone server, behind the

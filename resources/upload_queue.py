@@ -1,10 +1,11 @@
-"""The SQS queue S3 event notifications of the uploads bucket are delivered to
-(``UPLOADS_QUEUE_URL``), read by the uploads sensor instead of listing the bucket every tick.
+"""The queue of the uploads bucket's event notifications (``UPLOADS_QUEUE_URL``), read by the
+uploads sensor instead of listing the bucket every tick: ``NotificationQueue``, the interface
+the sensor uses, and its SQS implementation for S3 (Cloudflare R2's, a Cloudflare Queue read
+over HTTP pull, is ``cloudflare_queue.py``).
 
 Only what the sensor needs: a bounded, short-polled receive (no long poll: a tick never waits
 for an empty queue), a batched delete, and the parser of S3's notification JSON (also wrapped
-in an SNS envelope, the usual fan-out setup). Cloudflare R2 delivers its event notifications
-to Cloudflare Queues, not SQS, so an R2 bucket stays on the listing.
+in an SNS envelope, the usual fan-out setup).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_plus, urlsplit
 
 from assemblage_assets.core import settings
@@ -54,7 +55,8 @@ class CreatedObject:
     event_time: float
 
 
-def _event_time(raw: Any) -> float:
+def event_time(raw: Any) -> float:
+    """An ISO 8601 notification time as a Unix time."""
     try:
         return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
     except ValueError as exc:
@@ -71,7 +73,7 @@ def _record(record: Any) -> CreatedObject | None:
         obj = s3["object"]
         # keys arrive form-encoded (a space is "+"), as S3 documents for notifications
         return CreatedObject(str(s3["bucket"]["name"]), unquote_plus(str(obj["key"])), int(obj.get("size") or 0),
-                             str(obj.get("eTag") or obj.get("sequencer") or ""), _event_time(record.get("eventTime")))
+                             str(obj.get("eTag") or obj.get("sequencer") or ""), event_time(record.get("eventTime")))
     except MalformedEventError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -101,6 +103,28 @@ def parse_s3_event(body: str) -> tuple[list[CreatedObject], list[str]]:
         except MalformedEventError as exc:
             problems.append(f"record {i}: {exc}")
     return created, problems
+
+
+class NotificationQueue(Protocol):
+    """What the uploads sensor needs of a notification queue: a bounded batch of messages, their
+    acknowledgement by handle (by the next tick, once this one's runs are submitted), the
+    provider's notification format, and the requests made."""
+
+    @property
+    def url(self) -> str: ...
+
+    def receive(self) -> list[QueueMessage]: ...
+
+    def acknowledge(self, handles: list[str]) -> list[str]:
+        """Acknowledge (delete) these messages; the reasons of those that failed."""
+        ...
+
+    def parse(self, body: str) -> tuple[list[CreatedObject], list[str]]:
+        """The created objects of one message body and its unreadable records' problems;
+        ``MalformedEventError`` for a body that is no notification at all."""
+        ...
+
+    def request_counts(self) -> dict[str, int]: ...
 
 
 def _region_of(url: str) -> str:
@@ -136,7 +160,7 @@ class UploadQueue:
         The visibility timeout is at least ``min_visibility`` (a message must stay hidden until
         the next tick deletes it) and at most SQS's 12 hours."""
         url = settings.env_str("UPLOADS_QUEUE_URL")
-        if not url:
+        if not url or url.startswith("cfqueue:"):  # a Cloudflare Queue: cloudflare_queue.py
             return None
         endpoint = settings.env_str("UPLOADS_QUEUE_ENDPOINT_URL")
         parts = urlsplit(url)
@@ -205,7 +229,10 @@ class UploadQueue:
                 break
         return out
 
-    def delete(self, receipt_handles: list[str]) -> list[str]:
+    def parse(self, body: str) -> tuple[list[CreatedObject], list[str]]:
+        return parse_s3_event(body)
+
+    def acknowledge(self, receipt_handles: list[str]) -> list[str]:
         """Delete the messages of these receipt handles; the reasons of those that failed (an
         expired handle: the message comes back and is requested again, finding nothing new)."""
         failed: list[str] = []

@@ -12,7 +12,10 @@ with new entries, found the cheapest way the source allows.
   where they come back after the visibility timeout and are requested again (raw_files skips
   what it already has). A full listing still runs once at the start and every
   ``UPLOADS_RECONCILE_SECONDS`` (default a day) to catch a notification that never came.
-- Otherwise (R2, Supabase, S3 without a queue): full listings, one after the other, as before.
+- An R2 bucket with a ``cfqueue://`` ``UPLOADS_QUEUE_URL``: the same, from the Cloudflare Queue
+  R2 delivers its event notifications to, over HTTP pull (``resources/cloudflare_queue.py``):
+  messages are leased for the visibility timeout and acknowledged by the next tick.
+- Otherwise (Supabase, S3 or R2 without a queue): full listings, one after the other, as before.
 
 Every full listing walks the shards in name order within a time budget per tick and resumes
 from the next shard name (``listing_step``): a 5M-object bucket does not fit in one 60 s tick.
@@ -30,8 +33,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from assemblage_assets.images.sources import ShardRef, shard_of_entry, shard_refs
+from resources.cloudflare_queue import CloudflareQueue
 from resources.image_source import CursorResetError, DropboxSource, ImageSource, S3Source, SourceError
-from resources.upload_queue import MalformedEventError, UploadQueue, parse_s3_event
+from resources.upload_queue import MalformedEventError, NotificationQueue, UploadQueue
 
 MAX_RUNS_PER_TICK = 100
 OVERLAP_SECONDS = 300.0  # a listing pass looks back this far: an upload can land in a shard already listed
@@ -201,7 +205,13 @@ def listing_step(sources: list[ImageSource], source: ImageSource, cursor: Upload
     return found
 
 
-def queue_pass(batch: ShardBatch, source: S3Source, queue: UploadQueue) -> tuple[list[str], list[str]]:
+def queue_from_env(min_visibility: int = 0) -> NotificationQueue | None:
+    """The queue of ``UPLOADS_QUEUE_URL``: a Cloudflare Queue (``cfqueue://``), an SQS queue, or
+    None when unset."""
+    return CloudflareQueue.from_env(min_visibility) or UploadQueue.from_env(min_visibility)
+
+
+def queue_pass(batch: ShardBatch, source: S3Source, queue: NotificationQueue) -> tuple[list[str], list[str]]:
     """Receive one bounded batch into ``batch``: the receipt handles of every message received
     (all of them are handled by this tick, malformed ones included) and the problems found."""
     handles: list[str] = []
@@ -209,7 +219,7 @@ def queue_pass(batch: ShardBatch, source: S3Source, queue: UploadQueue) -> tuple
     for message in queue.receive():
         handles.append(message.receipt_handle)
         try:
-            created, bad = parse_s3_event(message.body)
+            created, bad = queue.parse(message.body)
         except MalformedEventError as exc:
             created, bad = [], [str(exc)]
         problems.extend(f"message {message.message_id}: {p}" for p in bad)
@@ -251,11 +261,11 @@ def _dropbox_tick(sources: list[ImageSource], source: DropboxSource, cursor: Upl
     return TickPlan("dropbox", shards, new, notes, listed=True)
 
 
-def _queue_tick(sources: list[ImageSource], source: S3Source, cursor: UploadsCursor, queue: UploadQueue,
+def _queue_tick(sources: list[ImageSource], source: S3Source, cursor: UploadsCursor, queue: NotificationQueue,
                 now: float, reconcile_seconds: float, budget_seconds: float) -> TickPlan:
     new, notes = dataclasses.replace(cursor, acks=[]), []
     if cursor.acks:  # the last tick's runs are submitted: Dagster committed its cursor
-        failed = queue.delete(cursor.acks)
+        failed = queue.acknowledge(cursor.acks)
         if failed:
             notes.append(f"{len(failed)} handled message(s) not deleted ({failed[0]}); they come back and are "
                          "requested again (their runs find nothing new)")
@@ -279,7 +289,7 @@ def _queue_tick(sources: list[ImageSource], source: S3Source, cursor: UploadsCur
     return TickPlan("queue", batch.shards(), new, notes, listed=listed, messages=len(new.acks))
 
 
-def plan_tick(sources: list[ImageSource], source: ImageSource, cursor: UploadsCursor, *, queue: UploadQueue | None,
+def plan_tick(sources: list[ImageSource], source: ImageSource, cursor: UploadsCursor, *, queue: NotificationQueue | None,
               now: float, reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS,
               budget_seconds: float = DEFAULT_LISTING_BUDGET_SECONDS) -> TickPlan:
     """One tick of the uploads sensor for ``source``. Raises ``SourceError`` or ``QueueError``

@@ -2,9 +2,9 @@
 one of ``IMAGE_SOURCES``, e.g. the Supabase uploads bucket) are picked up every minute
 (``UPLOADS_SENSOR_INTERVAL_SECONDS``) and their shards run through the same ingest job.
 
-How a tick finds them depends on the source (``uploads_feed.py``): Dropbox's change cursor, an
-S3 bucket's event notifications in SQS (``UPLOADS_QUEUE_URL``) with a periodic full
-reconciliation listing, or else a full listing every tick. The run's ``raw_files`` then
+How a tick finds them depends on the source (``uploads_feed.py``): Dropbox's change cursor, a
+bucket's event notifications (``UPLOADS_QUEUE_URL``: SQS for S3, a Cloudflare Queue for R2)
+with a periodic full reconciliation listing, or else a full listing every tick. The run's ``raw_files`` then
 downloads only what is new or changed.
 """
 
@@ -22,11 +22,12 @@ from assemblage_assets.images.uploads_feed import (
     DEFAULT_RECONCILE_SECONDS,
     UploadsCursor,
     plan_tick,
+    queue_from_env,
 )
 from assemblage_assets.partitions import IMAGE_SHARDS, add_partitions_requests
 from resources.image_library import ImageLibraryResource
 from resources.image_source import ImageSource, S3Source, SourceError
-from resources.upload_queue import QueueError, UploadQueue
+from resources.upload_queue import QueueError
 
 
 def uploads_source(sources: Sequence[ImageSource], wanted: str) -> ImageSource | None:
@@ -55,8 +56,9 @@ def uploads_sensor(context: dg.SensorEvaluationContext, library: ImageLibraryRes
     if source is None or source.is_local:
         return dg.SkipReason("UPLOADS_SOURCE does not name a bucket or Dropbox source of IMAGE_SOURCES")
     # a received message must stay hidden until the next tick deletes it, a slow tick included
-    queue = UploadQueue.from_env(min_visibility=2 * INTERVAL_SECONDS + 60) if isinstance(source, S3Source) else None
+    queue = None
     try:
+        queue = queue_from_env(min_visibility=2 * INTERVAL_SECONDS + 60) if isinstance(source, S3Source) else None
         plan = plan_tick(sources, source, UploadsCursor.parse(context.cursor), queue=queue, now=time.time(),
                          reconcile_seconds=settings.env_float("UPLOADS_RECONCILE_SECONDS", DEFAULT_RECONCILE_SECONDS),
                          budget_seconds=settings.env_float("UPLOADS_LISTING_BUDGET_SECONDS", DEFAULT_LISTING_BUDGET_SECONDS))

@@ -16,7 +16,7 @@ import pytest
 
 from assemblage_assets.cli.launch import LAUNCHER_HOST_TAG, LAUNCHER_PID_TAG, materialize_shards
 from assemblage_assets.constants import INGEST_SHARD_JOB
-from assemblage_assets.dev.sample_data import write_sample_tree
+from assemblage_assets.dev.sample_data import make_photo, write_sample_tree
 from assemblage_assets.platform.dagster_home import ensure_dagster_home
 
 
@@ -42,6 +42,9 @@ def test_dead_runs_are_failed_and_live_ones_are_not_run_twice(assemblage_env: di
     ensure_dagster_home()
     instance = dg.DagsterInstance.get()
     materialize_shards(INGEST_SHARD_JOB, images, ["misc_scans"])  # registers the partitions
+    # misc_scans is settled now, so the CLI would skip it as idle; a new file gives it work, and
+    # the CLI must then refuse to start it because of the live run below
+    make_photo(160, 120, seed=901).save(images / "misc_scans" / "new-since.jpg", "JPEG")
     killed = _started_run(instance, "street-2019", _dead_pid())
     running = _started_run(instance, "misc_scans", os.getpid())  # this test process is alive
     before = {r.run_id for r in instance.get_runs()}

@@ -148,6 +148,19 @@ def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, tu
             _stop(proc)
 
 
+def _succeeded_tasks(workers: dict[str, tuple[subprocess.Popen, Path]], expected: dict[str, int],
+                     timeout: float = 30.0) -> dict[str, int]:
+    """Tasks each worker logged as succeeded. A worker stores a task's result before it logs the
+    line, so the run can end first: read until ``expected`` shows up or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = {q: len(re.findall(r"Task execute_plan\[[0-9a-f-]+\] succeeded", log.read_text(errors="replace")))
+                for q, (_, log) in workers.items()}
+        if done == expected or time.monotonic() > deadline:
+            return done
+        time.sleep(0.2)
+
+
 def test_shard_stages_run_on_cpu_and_gpu_workers(worker_env: dict[str, str], workers, pg_dsn: str) -> None:
     images = Path(worker_env["IMAGES_DIR"])
     tree = write_sample_tree(images, photos_per_shard=3, photo_size=(320, 240))
@@ -184,9 +197,7 @@ def test_shard_stages_run_on_cpu_and_gpu_workers(worker_env: dict[str, str], wor
     for step in ("raw_files", "derivatives", "duplicates", "r2_objects"):
         assert ran_on[step].startswith("cpu@"), (step, ran_on)
     # and the workers' own logs agree: four step tasks on the CPU worker, one on the GPU worker
-    done = {q: len(re.findall(r"Task execute_plan\[[0-9a-f-]+\] succeeded", log.read_text(errors="replace")))
-            for q, (_, log) in workers.items()}
-    assert done == {"cpu": 4, "gpu": 1}
+    assert _succeeded_tasks(workers, {"cpu": 4, "gpu": 1}) == {"cpu": 4, "gpu": 1}
 
     rows = query(pg_dsn, "SELECT local_path, status FROM processing_log WHERE shard = %s ORDER BY local_path", SHARD)
     assert len(rows) == len(expected)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.embed_support import FakeReplicate, Reply, Seen, image_ids, ingest, write_tree
+from support.embed_support import FakeReplicate, Reply, Seen, image_ids, ingest, query, write_tree
 
 # The child: one embeddings or captions run of a shard with a paid provider pointed at the
 # stand-in; prints its report's counts as JSON when it finishes (it often does not: it is killed).
@@ -82,9 +82,20 @@ class KillLog:
         return sum(r["counts"].get("paid_calls_resumed", 0) for r in [*self.finished, *reports])
 
 
+def settled_by_another_run(dsn: str, request: str) -> int:
+    """Paid calls of ``request`` one run journaled and another settled (its cost row carries the
+    settling run): what the database proves was resumed, by any later run, killed ones included.
+    The reports cannot say it: a run killed after settling what it resumed leaves no report."""
+    return query(dsn, """SELECT count(*) AS n FROM paid_call_intents i
+                         JOIN embedding_usage_log u ON u.provider = i.provider AND u.model = i.model
+                              AND u.image_id = i.image_id AND u.ok
+                         WHERE i.request = %s AND i.state = 'settled' AND u.run_id <> i.run_id""", request)[0]["n"]
+
+
 def kill_when(proc: subprocess.Popen[str], reached: Callable[[], bool], *, timeout: float = 60.0) -> bool:
     """SIGKILL ``proc`` as soon as ``reached()`` holds (polled every 5 ms, at most ``timeout``
-    seconds); False if the run ended first."""
+    seconds); False if the run ended first, the kill included: it may exit between ``poll`` and
+    the signal (a zombie takes it silently), and then it finished, it was not killed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -92,19 +103,26 @@ def kill_when(proc: subprocess.Popen[str], reached: Callable[[], bool], *, timeo
         if reached():
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-            return True
+            return proc.returncode == -signal.SIGKILL
         time.sleep(0.005)
     raise AssertionError(f"the condition was not reached within {timeout:g}s")
 
 
 def kill_rounds(start: Callable[[int], subprocess.Popen[str]], progress: Callable[[], int], *,
-                rounds: int, step: tuple[int, int], seed: int = 0) -> KillLog:
+                rounds: int, step: tuple[int, int], seed: int = 0, total: int | None = None) -> KillLog:
     """Start a run, kill it once ``progress()`` grew by a random step, ``rounds`` times; each
-    round bounded in time. Returns what was killed when."""
+    round bounded in time. ``total``: the most ``progress()`` can reach (Replicate: one create
+    per image); a step is capped there, so a kill landing late (a loaded machine) does not push
+    the next target out of reach, and the rounds end once nothing is left to kill. Returns what
+    was killed when."""
     rng = random.Random(seed)
     log = KillLog()
     for i in range(rounds):
         target = progress() + rng.randint(*step)
+        if total is not None:
+            if progress() >= total:
+                break  # every call was made: a further kill would not land mid-way
+            target = min(target, total)
         proc = start(i)
         if not kill_when(proc, lambda target=target: progress() >= target):
             log.finished.append(finish(proc))  # the run finished first: nothing left to kill

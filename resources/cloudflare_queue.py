@@ -15,18 +15,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from assemblage_assets.core import settings
-from resources.request_counts import RequestCounts
-from resources.upload_queue import CreatedObject, MalformedEventError, QueueError, QueueMessage, event_time
+from resources.upload_queue import CreatedObject, MalformedEventError, QueueClient, QueueError, QueueMessage, event_time
 
 SCHEME = "cfqueue"
 _BATCH = 100  # Queues' largest batch_size per pull
-_MAX_VISIBILITY = 43200  # Queues' longest visibility timeout: 12 hours
 # The actions of R2's event types (developers.cloudflare.com/r2/buckets/event-notifications/,
 # "Event types"): object-create and object-delete. Only a created object has bytes to ingest.
 CREATE_ACTIONS = frozenset({"PutObject", "CopyObject", "CompleteMultipartUpload"})
@@ -92,7 +89,7 @@ def parse_queue_url(url: str) -> tuple[str, str]:
 
 
 @dataclass
-class CloudflareQueue:
+class CloudflareQueue(QueueClient):
     """A Cloudflare Queue with an HTTP pull consumer. The API token is read from the named
     variable when the client is built, never held here."""
 
@@ -100,11 +97,6 @@ class CloudflareQueue:
     queue_id: str
     token_env: str = ""
     base_url: str | None = None
-    visibility_timeout: int = 600
-    max_messages: int = 100
-    _client: Any = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _counts: RequestCounts = field(default_factory=RequestCounts, repr=False)
 
     @classmethod
     def from_env(cls, min_visibility: int = 0) -> CloudflareQueue | None:
@@ -120,9 +112,7 @@ class CloudflareQueue:
             account_id=account_id, queue_id=queue_id,
             token_env=next((n for n in ("UPLOADS_QUEUE_API_TOKEN", "CLOUDFLARE_API_TOKEN") if settings.env_str(n)), ""),
             base_url=settings.env_str("CLOUDFLARE_BASE_URL") or None,
-            visibility_timeout=min(max(settings.env_int("UPLOADS_QUEUE_VISIBILITY_SECONDS", 600), min_visibility),
-                                   _MAX_VISIBILITY),
-            max_messages=max(1, min(settings.env_int("UPLOADS_QUEUE_MAX_MESSAGES", 100), 500)),
+            **cls.bounds_from_env(min_visibility),
         )
 
     @property
@@ -140,9 +130,6 @@ class CloudflareQueue:
                                      "CLOUDFLARE_API_TOKEN) to a token with Queues Edit", config=True)
                 self._client = Cloudflare(api_token=token, base_url=self.base_url, max_retries=3, timeout=20.0)
             return self._client
-
-    def request_counts(self) -> dict[str, int]:
-        return self._counts.snapshot()
 
     def _error(self, exc: Exception, what: str) -> QueueError:
         from cloudflare import AuthenticationError, NotFoundError, PermissionDeniedError

@@ -137,8 +137,34 @@ def _region_of(url: str) -> str:
     return parts[1] if len(parts) >= 4 and parts[0] == "sqs" and host.endswith(".amazonaws.com") else ""
 
 
+MAX_VISIBILITY_SECONDS = 43200  # the longest visibility timeout of SQS and of Cloudflare Queues: 12 hours
+
+
+@dataclass(kw_only=True)
+class QueueClient:
+    """What both notification queues keep: the receive bounds, a client built on first use,
+    and the requests it made."""
+
+    visibility_timeout: int = 600
+    max_messages: int = 100
+    _client: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _counts: RequestCounts = field(default_factory=RequestCounts, repr=False)
+
+    @staticmethod
+    def bounds_from_env(min_visibility: int) -> dict[str, int]:
+        """``UPLOADS_QUEUE_VISIBILITY_SECONDS``, at least ``min_visibility`` (a message must stay
+        hidden until the next tick acknowledges it) and at most 12 hours; ``UPLOADS_QUEUE_MAX_MESSAGES``."""
+        visibility = max(settings.env_int("UPLOADS_QUEUE_VISIBILITY_SECONDS", 600), min_visibility)
+        return {"visibility_timeout": min(visibility, MAX_VISIBILITY_SECONDS),
+                "max_messages": max(1, min(settings.env_int("UPLOADS_QUEUE_MAX_MESSAGES", 100), 500))}
+
+    def request_counts(self) -> dict[str, int]:
+        return self._counts.snapshot()
+
+
 @dataclass
-class UploadQueue:
+class UploadQueue(QueueClient):
     """An SQS queue of S3 event notifications. Secrets are read from the named variables when
     the client is built, never held here."""
 
@@ -147,11 +173,6 @@ class UploadQueue:
     region_name: str | None = None
     access_key_env: str = ""
     secret_key_env: str = ""
-    visibility_timeout: int = 600
-    max_messages: int = 100
-    _client: Any = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _counts: RequestCounts = field(default_factory=RequestCounts, repr=False)
 
     @classmethod
     def from_env(cls, min_visibility: int = 0) -> UploadQueue | None:
@@ -174,9 +195,7 @@ class UploadQueue:
             url=url, endpoint_url=endpoint or None,
             region_name=settings.env_str("UPLOADS_QUEUE_REGION") or _region_of(url) or settings.env_str("SOURCE_S3_REGION")
             or None,
-            visibility_timeout=min(max(settings.env_int("UPLOADS_QUEUE_VISIBILITY_SECONDS", 600), min_visibility), 43200),
-            max_messages=max(1, min(settings.env_int("UPLOADS_QUEUE_MAX_MESSAGES", 100), 500)),
-            **names,
+            **cls.bounds_from_env(min_visibility), **names,
         )
 
     def client(self) -> Any:
@@ -197,9 +216,6 @@ class UploadQueue:
                 )
                 self._counts.count_boto3_calls(self._client, "sqs")
             return self._client
-
-    def request_counts(self) -> dict[str, int]:
-        return self._counts.snapshot()
 
     def _error(self, exc: Exception, what: str) -> QueueError:
         response = getattr(exc, "response", None)

@@ -21,8 +21,10 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from support.loopback_http import LoopbackServer
 
 
 @dataclass
@@ -117,31 +119,18 @@ class QueuesServer:
 
     def __init__(self, stand_in: QueuesStandIn) -> None:
         self.stand_in = stand_in
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                server._handle(self)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = LoopbackServer(self._handle)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/client/v4"
+        return f"http://127.0.0.1:{self._server.port}/client/v4"
 
     def __enter__(self) -> QueuesServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def _reply(self, handler: BaseHTTPRequestHandler, status: int, result: Any, errors: list | None = None) -> None:
         body = json.dumps({"success": status < 400, "errors": errors or [], "messages": [], "result": result}).encode()

@@ -21,8 +21,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from support.loopback_http import LoopbackServer
 
 _BLOCK = 4 * 1024 * 1024
 
@@ -169,33 +171,18 @@ class DropboxServer:
         self.ca_pem = ca_pem
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                server._handle(self)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._server = LoopbackServer(self._handle, tls=context)
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self._httpd.server_address[1]}"
+        return f"127.0.0.1:{self._server.port}"
 
     def __enter__(self) -> DropboxServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.stop()
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         from urllib.parse import parse_qs
